@@ -1,0 +1,154 @@
+"""One Flax (linen) decoder covering Llama 2/3/3.1, SmolLM2, Mistral, Qwen2/2.5 and Qwen3.
+
+The families differ only in flags of ``ModelConfig``: qkv bias (Qwen2), q/k RMSNorm (Qwen3),
+sliding window (Mistral), rope scaling (Llama 3.1), tied embeddings (SmolLM2, small Qwens).
+Layers are unrolled in Python and each owns its K/V pools, so the jitted step updates every
+pool in place (a cache carried through ``lax.scan`` gets copied; see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from models.config import ModelConfig
+from models.rope import apply_rope, inverse_frequencies
+from ops.attention import AttentionMetadata, paged_attention, write_kv
+
+KVCache = tuple[jax.Array, jax.Array]
+
+# Logical axes of every parameter, by the last two path components (module, leaf).
+# sharding/ maps these names onto mesh axes; the model never names a mesh axis.
+PARAM_LOGICAL_AXES: dict[tuple[str, str], tuple[str | None, ...]] = {
+    ("embed_tokens", "embedding"): ("vocab", "embed"),
+    ("q_proj", "kernel"): ("embed", "q_heads"),
+    ("q_proj", "bias"): ("q_heads",),
+    ("k_proj", "kernel"): ("embed", "kv_heads"),
+    ("k_proj", "bias"): ("kv_heads",),
+    ("v_proj", "kernel"): ("embed", "kv_heads"),
+    ("v_proj", "bias"): ("kv_heads",),
+    ("o_proj", "kernel"): ("q_heads", "embed"),
+    ("gate_proj", "kernel"): ("embed", "mlp"),
+    ("up_proj", "kernel"): ("embed", "mlp"),
+    ("down_proj", "kernel"): ("mlp", "embed"),
+    ("lm_head", "kernel"): ("embed", "vocab"),
+}
+NORM_LOGICAL_AXES: tuple[str | None, ...] = ("norm",)
+KV_CACHE_LOGICAL_AXES: tuple[str | None, ...] = ("kv_blocks", None, "kv_heads", None)
+
+
+def logical_axes_of(path: tuple[str, ...]) -> tuple[str | None, ...]:
+    return PARAM_LOGICAL_AXES.get(tuple(path[-2:]), NORM_LOGICAL_AXES)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.dtype)
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return scale * normed.astype(self.dtype)
+
+
+def _dense(features: int, dtype: jnp.dtype, name: str, bias: bool = False) -> nn.Dense:
+    return nn.Dense(features, use_bias=bias, dtype=dtype, param_dtype=dtype, name=name)
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+    backend: str
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, cache: KVCache, md: AttentionMetadata
+    ) -> tuple[jax.Array, KVCache]:
+        c = self.config
+        dt = c.jnp_dtype
+        tokens = x.shape[0]
+        q = _dense(c.num_heads * c.head_dim, dt, "q_proj", c.attention_bias)(x)
+        k = _dense(c.num_kv_heads * c.head_dim, dt, "k_proj", c.attention_bias)(x)
+        v = _dense(c.num_kv_heads * c.head_dim, dt, "v_proj", c.attention_bias)(x)
+        q = q.reshape(tokens, c.num_heads, c.head_dim)
+        k = k.reshape(tokens, c.num_kv_heads, c.head_dim)
+        v = v.reshape(tokens, c.num_kv_heads, c.head_dim)
+        if c.qk_norm:
+            q = RMSNorm(c.rms_norm_eps, dt, name="q_norm")(q)
+            k = RMSNorm(c.rms_norm_eps, dt, name="k_norm")(k)
+        inv_freq = inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling_dict)
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
+        k_cache, v_cache = write_kv(cache[0], cache[1], k, v, md.slot_mapping)
+        out = paged_attention(
+            q, k_cache, v_cache, md,
+            scale=c.head_dim**-0.5, sliding_window=c.sliding_window, backend=self.backend,
+        )
+        out = _dense(c.hidden_size, dt, "o_proj")(out.reshape(tokens, c.num_heads * c.head_dim))
+        return out, (k_cache, v_cache)
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = self.config
+        gate = _dense(c.intermediate_size, c.jnp_dtype, "gate_proj")(x)
+        up = _dense(c.intermediate_size, c.jnp_dtype, "up_proj")(x)
+        return _dense(c.hidden_size, c.jnp_dtype, "down_proj")(nn.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    config: ModelConfig
+    backend: str
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, cache: KVCache, md: AttentionMetadata
+    ) -> tuple[jax.Array, KVCache]:
+        c = self.config
+        h, cache = Attention(c, self.backend, name="self_attn")(
+            RMSNorm(c.rms_norm_eps, c.jnp_dtype, name="input_layernorm")(x), positions, cache, md
+        )
+        x = x + h
+        x = x + MLP(c, name="mlp")(RMSNorm(c.rms_norm_eps, c.jnp_dtype, name="post_attention_layernorm")(x))
+        return x, cache
+
+
+class CausalLM(nn.Module):
+    """``__call__`` runs the decoder over a packed batch; ``logits`` projects chosen hidden rows."""
+
+    config: ModelConfig
+    backend: str = "reference"
+
+    def setup(self) -> None:
+        c = self.config
+        self.embed_tokens = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.jnp_dtype, param_dtype=c.jnp_dtype)
+        self.layers = [DecoderLayer(c, self.backend) for _ in range(c.num_layers)]
+        self.norm = RMSNorm(c.rms_norm_eps, c.jnp_dtype)
+        if not c.tie_word_embeddings:
+            self.lm_head = _dense(c.vocab_size, c.jnp_dtype, "lm_head")
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        positions: jax.Array,
+        kv_caches: list[KVCache],
+        md: AttentionMetadata,
+    ) -> tuple[jax.Array, list[KVCache]]:
+        x = self.embed_tokens(input_ids)
+        new_caches = []
+        for layer, cache in zip(self.layers, kv_caches, strict=True):
+            x, cache = layer(x, positions, cache, md)
+            new_caches.append(cache)
+        return self.norm(x), new_caches
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        if self.config.tie_word_embeddings:
+            out = self.embed_tokens.attend(hidden)
+        else:
+            out = self.lm_head(hidden)
+        return out.astype(jnp.float32)

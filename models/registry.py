@@ -1,0 +1,23 @@
+"""Maps a checkpoint's ``architectures[0]`` to the Flax module that runs it."""
+
+from __future__ import annotations
+
+from models.config import ModelConfig
+from models.llama import CausalLM
+
+SUPPORTED_ARCHITECTURES: dict[str, type[CausalLM]] = {
+    "LlamaForCausalLM": CausalLM,
+    "MistralForCausalLM": CausalLM,
+    "Qwen2ForCausalLM": CausalLM,
+    "Qwen3ForCausalLM": CausalLM,
+}
+
+
+def build_model(config: ModelConfig, attention_backend: str = "reference") -> CausalLM:
+    module = SUPPORTED_ARCHITECTURES.get(config.architecture)
+    if module is None:
+        raise ValueError(
+            f"unsupported architecture {config.architecture!r}; "
+            f"supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
+        )
+    return module(config, attention_backend)

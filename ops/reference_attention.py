@@ -1,0 +1,67 @@
+"""Plain-XLA paged attention: correct on every platform, the kernels' test oracle."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ops.attention import AttentionMetadata
+
+
+def token_to_sequence(query_start_loc: jax.Array, num_tokens: int) -> tuple[jax.Array, jax.Array]:
+    """For each packed token: its sequence index and its row within that sequence's queries."""
+    tokens = jnp.arange(num_tokens, dtype=jnp.int32)
+    seq = jnp.searchsorted(query_start_loc[1:], tokens, side="right").astype(jnp.int32)
+    seq = jnp.minimum(seq, query_start_loc.shape[0] - 2)
+    return seq, tokens - query_start_loc[seq]
+
+
+def reference_paged_attention(
+    q: jax.Array,
+    k_cache: jax.Array,
+    v_cache: jax.Array,
+    md: AttentionMetadata,
+    *,
+    scale: float,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
+) -> jax.Array:
+    num_tokens, num_heads, head_dim = q.shape
+    _, block_size, num_kv_heads, _ = k_cache.shape
+    num_seqs, blocks_per_seq = md.block_tables.shape
+    group = num_heads // num_kv_heads
+    window = md.max_query_len
+    context = blocks_per_seq * block_size
+    q_padded = jnp.concatenate([q, jnp.zeros((window, num_heads, head_dim), q.dtype)])
+
+    def attend_one_sequence(s: jax.Array) -> jax.Array:
+        start = md.query_start_loc[s]
+        q_len = md.query_start_loc[s + 1] - start
+        seq_len = md.seq_lens[s]
+        qs = jax.lax.dynamic_slice_in_dim(q_padded, start, window).astype(jnp.float32)
+        qs = qs.reshape(window, num_kv_heads, group, head_dim)
+        k = k_cache[md.block_tables[s]].reshape(context, num_kv_heads, head_dim).astype(jnp.float32)
+        v = v_cache[md.block_tables[s]].reshape(context, num_kv_heads, head_dim).astype(jnp.float32)
+        scores = jnp.einsum("qkgd,ckd->kgqc", qs, k) * scale
+        if soft_cap is not None:
+            scores = soft_cap * jnp.tanh(scores / soft_cap)
+        q_pos = seq_len - q_len + jnp.arange(window)
+        c_pos = jnp.arange(context)
+        mask = (c_pos[None, :] <= q_pos[:, None]) & (jnp.arange(window)[:, None] < q_len)
+        if sliding_window is not None:
+            mask &= c_pos[None, :] > q_pos[:, None] - sliding_window
+        scores = jnp.where(mask, scores, -jnp.inf)
+        peak = jnp.max(scores, axis=-1, keepdims=True)
+        weights = jnp.exp(scores - jnp.where(jnp.isfinite(peak), peak, 0.0))
+        denom = jnp.sum(weights, axis=-1, keepdims=True)
+        probs = weights / jnp.where(denom > 0, denom, 1.0)
+        out = jnp.einsum("kgqc,ckd->qkgd", probs, v)
+        return out.reshape(window, num_heads, head_dim)
+
+    per_seq = jax.lax.map(
+        attend_one_sequence, jnp.arange(num_seqs), batch_size=num_seqs if window == 1 else 1
+    )
+    seq, row = token_to_sequence(md.query_start_loc, num_tokens)
+    out = per_seq[seq, jnp.minimum(row, window - 1)]
+    valid = jnp.arange(num_tokens) < md.query_start_loc[-1]
+    return jnp.where(valid[:, None, None], out, 0.0).astype(q.dtype)
