@@ -146,6 +146,13 @@ class CausalLM(nn.Module):
             new_caches.append(cache)
         return self.norm(x), new_caches
 
+    def forward_to_logits(
+        self, input_ids: jax.Array, positions: jax.Array, kv_caches: list[KVCache], md: AttentionMetadata
+    ) -> jax.Array:
+        """Touches every parameter; ``init`` uses it to learn the full parameter tree."""
+        hidden, _ = self(input_ids, positions, kv_caches, md)
+        return self.logits(hidden)
+
     def logits(self, hidden: jax.Array) -> jax.Array:
         if self.config.tie_word_embeddings:
             out = self.embed_tokens.attend(hidden)

@@ -71,7 +71,11 @@ def param_shapes(config: ModelConfig) -> dict[ParamPath, jax.ShapeDtypeStruct]:
     cache = jax.ShapeDtypeStruct((1, 1, config.num_kv_heads, config.head_dim), config.jnp_dtype)
     caches = [(cache, cache)] * config.num_layers
     abstract = jax.eval_shape(
-        lambda c: model.init(jax.random.key(0), np.zeros(1, np.int32), np.zeros(1, np.int32), c, md), caches
+        lambda c: model.init(
+            jax.random.key(0), np.zeros(1, np.int32), np.zeros(1, np.int32), c, md,
+            method=CausalLM.forward_to_logits,
+        ),
+        caches,
     )
     return flatten_dict(abstract["params"])
 

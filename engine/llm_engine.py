@@ -1,0 +1,281 @@
+"""The engine: requests in, one scheduled step at a time, RequestOutputs out.
+
+Single-threaded by design: the server drives it from one background thread and hands it
+new and aborted requests between steps (server/engine_loop.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from typing import Any
+
+from engine.block_manager import BlockManager
+from engine.compilation import compilation_count, enable_persistent_cache, install_counter
+from engine.config import EngineConfig
+from engine.model_runner import ModelRunner, StepOutput
+from engine.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler
+from engine.sequence import Sequence
+from engine.stop_checker import StopChecker
+from models.loaders import LoadedModel, load_model
+from ops.attention import default_backend, validate_backend
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_TOKENS = 2048
+
+
+@dataclasses.dataclass
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    num_free_blocks: int
+    num_blocks: int
+    prompt_tokens_total: int
+    generation_tokens_total: int
+    num_preemptions: int
+    num_compilations: int
+
+
+class RequestState:
+    def __init__(self, request_id: str, prompt: str | None, prompt_ids: list[int], seqs: list[Sequence],
+                 checkers: list[StopChecker]) -> None:
+        self.request_id = request_id
+        self.prompt = prompt
+        self.prompt_token_ids = prompt_ids
+        self.seqs = seqs
+        self.checkers = checkers
+
+    @property
+    def finished(self) -> bool:
+        return all(s.is_finished for s in self.seqs)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None,
+                 sharding: Any | None = None) -> None:
+        config.validate()
+        install_counter()
+        enable_persistent_cache(config.compilation_cache_dir)
+        self.config = config
+        if sharding is None and config.mesh:
+            from sharding.mesh import ModelSharding
+
+            sharding = ModelSharding.from_spec(config.mesh)
+        self.sharding = sharding
+        if loaded is None:
+            loaded = load_model(
+                config.model, tokenizer=config.tokenizer, dtype=config.dtype, load_format=config.load_format,
+                seed=config.seed, use_checkpoint_cache=config.use_checkpoint_cache,
+                sharding_for=sharding.param_sharding_for(None) if sharding else None,
+            )
+        self.model_config = loaded.config
+        self.tokenizer = loaded.tokenizer
+        self.model_name = loaded.name
+        if sharding is not None:
+            sharding.check_model(self.model_config)
+        self.max_model_len = min(config.max_model_len or loaded.config.max_position_embeddings,
+                                 loaded.config.max_position_embeddings)
+        if config.max_model_len and config.max_model_len > loaded.config.max_position_embeddings:
+            raise ValueError(
+                f"max_model_len {config.max_model_len} exceeds the model's maximum context "
+                f"length {loaded.config.max_position_embeddings}"
+            )
+        if config.max_num_batched_tokens:
+            batched = config.max_num_batched_tokens
+        else:
+            batched = DEFAULT_CHUNK_TOKENS if config.enable_chunked_prefill else self.max_model_len
+        if not config.enable_chunked_prefill and batched < self.max_model_len:
+            raise ValueError(
+                f"max_num_batched_tokens ({batched}) is smaller than max_model_len ({self.max_model_len}) "
+                "with chunked prefill disabled: long prompts could never be scheduled"
+            )
+        self.max_num_batched_tokens = max(batched, config.max_num_seqs)
+        backend = validate_backend(config.attention_backend) if config.attention_backend else default_backend()
+        self.eos_token_ids = frozenset(loaded.config.eos_token_ids) | (
+            self.tokenizer.eos_token_ids if self.tokenizer is not None else frozenset()
+        )
+        self.runner = ModelRunner(
+            loaded.config, loaded.params, block_size=config.block_size, max_model_len=self.max_model_len,
+            max_num_seqs=config.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
+            attention_backend=backend, num_blocks=config.num_gpu_blocks_override,
+            kv_cache_memory_bytes=config.kv_cache_memory_bytes,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            cache_sharding=sharding.kv_cache_sharding() if sharding else None,
+        )
+        logger.info(self.runner.kv_cache_summary())
+        self.block_manager = BlockManager(self.runner.num_blocks, config.block_size)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, self.max_num_batched_tokens,
+                                   config.enable_chunked_prefill)
+        self.requests: dict[str, RequestState] = {}
+        self._rng = random.Random(config.seed)
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+        self.last_step_total_s = 0.0
+        self.last_step_device_wait_s = 0.0
+
+    # ---- requests -------------------------------------------------------------------------
+    def encode_prompt(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this model was loaded without a tokenizer: pass prompt token ids")
+            ids = self.tokenizer.encode(prompt)
+            text: str | None = prompt
+        else:
+            ids = [int(t) for t in prompt]
+            text = None
+        if not ids:
+            raise ValueError("the prompt is empty")
+        vocab = self.model_config.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]} is out of range for a vocabulary of {vocab}")
+        return text, ids
+
+    def check_length(self, num_prompt_tokens: int, params: SamplingParams) -> int:
+        """The max_tokens the request will get; a ValueError when it cannot fit."""
+        if num_prompt_tokens >= self.max_model_len:
+            raise ValueError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, your "
+                f"request has {num_prompt_tokens} input tokens. Please reduce the length of the input."
+            )
+        if params.max_tokens is None:
+            return self.max_model_len - num_prompt_tokens
+        if num_prompt_tokens + params.max_tokens > self.max_model_len:
+            raise ValueError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you "
+                f"requested {num_prompt_tokens + params.max_tokens} tokens ({num_prompt_tokens} in the "
+                f"input, {params.max_tokens} in the completion). Please reduce the length of the input "
+                "or the completion."
+            )
+        return params.max_tokens
+
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
+                    arrival_time: float | None = None) -> None:
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        params.validate()
+        text, ids = self.encode_prompt(prompt)
+        max_tokens = self.check_length(len(ids), params)
+        for token in (params.logit_bias or {}):
+            if not 0 <= int(token) < self.model_config.vocab_size:
+                raise ValueError(f"logit_bias token id {token} is out of range")
+        base_seed = params.seed if params.seed is not None else self._rng.getrandbits(32)
+        seqs = [Sequence(request_id, i, ids, params, base_seed + i, max_tokens, arrival_time)
+                for i in range(params.n)]
+        checkers = [StopChecker(self.tokenizer, ids, params, self.eos_token_ids) for _ in seqs]
+        self.requests[request_id] = RequestState(request_id, text, ids, seqs, checkers)
+        for seq in seqs:
+            self.scheduler.add(seq)
+
+    def abort_request(self, request_id: str) -> bool:
+        state = self.requests.pop(request_id, None)
+        if state is None:
+            return False
+        for seq in state.seqs:
+            if not seq.is_finished:
+                seq.finish_reason = "abort"
+                self.scheduler.finish(seq)
+        return True
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # ---- the step -------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        started = time.perf_counter()
+        batch = self.scheduler.schedule()
+        if not batch:
+            return []
+        out = self.runner.execute(batch, self.eos_token_ids)
+        touched: dict[str, RequestState] = {}
+        for row, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
+            state = self.requests.get(seq.request_id)
+            if state is None:
+                continue
+            if seq.num_computed_tokens < seq.num_prompt_tokens:
+                self.prompt_tokens_total += min(n, seq.num_prompt_tokens - seq.num_computed_tokens)
+            seq.num_computed_tokens += n
+            if row in out.prompt:
+                self._record_prompt_logprobs(seq, out.prompt[row])
+            if out.samples[row]:
+                self._append_token(state, seq, row, out)
+                touched[seq.request_id] = state
+        outputs = []
+        for state in touched.values():
+            outputs.append(self._request_output(state))
+            if state.finished:
+                del self.requests[state.request_id]
+        self.last_step_total_s = time.perf_counter() - started
+        self.last_step_device_wait_s = self.runner.last_device_wait_s
+        return outputs
+
+    def _append_token(self, state: RequestState, seq: Sequence, row: int, out: StepOutput) -> None:
+        token = int(out.tokens[row])
+        seq.token_ids.append(token)
+        self.generation_tokens_total += 1
+        if seq.first_token_time is None:
+            seq.first_token_time = time.monotonic()
+        if out.logprob is not None and seq.params.logprobs is not None:
+            seq.cumulative_logprob += float(out.logprob[row])
+            seq.logprobs.append(self._position_logprobs(
+                token, out.logprob[row], out.rank[row], out.top_logprobs[row], out.top_ids[row],
+                seq.params.logprobs))
+        checker = state.checkers[seq.index]
+        reason = checker.on_token(seq, token)
+        if reason is not None:
+            seq.finish_reason, seq.stop_reason = reason
+            self.scheduler.finish(seq)
+
+    def _position_logprobs(self, token: int, logprob: Any, rank: Any, top_values: Any, top_ids: Any,
+                           k: int) -> PositionLogprobs:
+        """The chosen token's logprob and rank, then the top-k alternatives by rank."""
+        entry: PositionLogprobs = {token: Logprob(float(logprob), int(rank), self._token_text(token))}
+        for r, (value, tid) in enumerate(zip(top_values[:k], top_ids[:k]), start=1):
+            entry.setdefault(int(tid), Logprob(float(value), r, self._token_text(int(tid))))
+        return entry
+
+    def _record_prompt_logprobs(self, seq: Sequence, data: tuple[Any, ...]) -> None:
+        start, lps, ranks, top_values, top_ids = data
+        if not seq.prompt_logprobs:
+            seq.prompt_logprobs.append(None)  # the first prompt token has no logprob
+        for i in range(len(lps)):
+            if len(seq.prompt_logprobs) >= seq.num_prompt_tokens:
+                break
+            seq.prompt_logprobs.append(self._position_logprobs(
+                seq.token_ids[start + 1 + i], lps[i], ranks[i], top_values[i], top_ids[i],
+                seq.params.prompt_logprobs or 0))
+
+    def _token_text(self, token: int) -> str | None:
+        return self.tokenizer.decode([token], skip_special_tokens=False) if self.tokenizer else None
+
+    def _request_output(self, state: RequestState) -> RequestOutput:
+        outputs = []
+        for seq, checker in zip(state.seqs, state.checkers):
+            outputs.append(CompletionOutput(
+                index=seq.index, text=checker.visible_text(seq.is_finished), token_ids=seq.output_token_ids,
+                cumulative_logprob=seq.cumulative_logprob if seq.params.logprobs is not None else None,
+                logprobs=seq.logprobs if seq.params.logprobs is not None else None,
+                finish_reason=seq.finish_reason, stop_reason=seq.stop_reason,
+            ))
+        first = state.seqs[0]
+        return RequestOutput(
+            request_id=state.request_id, prompt=state.prompt, prompt_token_ids=state.prompt_token_ids,
+            prompt_logprobs=first.prompt_logprobs if first.params.prompt_logprobs is not None else None,
+            outputs=outputs, finished=state.finished, num_cached_tokens=first.num_cached_tokens,
+        )
+
+    # ---- introspection --------------------------------------------------------------------
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting),
+            kv_cache_usage=self.block_manager.usage(), num_free_blocks=self.block_manager.num_free_blocks,
+            num_blocks=self.block_manager.num_blocks, prompt_tokens_total=self.prompt_tokens_total,
+            generation_tokens_total=self.generation_tokens_total,
+            num_preemptions=self.scheduler.num_preemptions, num_compilations=compilation_count(),
+        )

@@ -1,0 +1,315 @@
+"""Owns the parameters, the paged KV cache and the jitted step; turns a scheduled batch
+into padded device arrays and back into sampled tokens.
+
+Each bucket (padded token count, sequence count, block-table width, sampler mode) is one
+compiled program. The cache is donated to the step, so it is updated in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from engine.compilation import compilation_count
+from engine.sampler import SamplerMode, SamplingTensors, pow2_at_least, sample, token_logprobs
+from engine.scheduler import ScheduledBatch
+from engine.sequence import Sequence
+from models.config import ModelConfig
+from models.llama import CausalLM
+from models.registry import build_model
+from ops.attention import AttentionMetadata
+
+logger = logging.getLogger(__name__)
+
+KVCaches = list[tuple[jax.Array, jax.Array]]
+CPU_DEFAULT_KV_BYTES = 512 * 1024**2
+
+
+@dataclasses.dataclass
+class StepOutput:
+    tokens: np.ndarray  # [S] sampled token per scheduled sequence (meaningful where it samples)
+    samples: np.ndarray  # [S] bool: this step ended the sequence's known tokens, so it sampled
+    logprob: np.ndarray | None = None  # [S]
+    rank: np.ndarray | None = None  # [S]
+    top_logprobs: np.ndarray | None = None  # [S, k]
+    top_ids: np.ndarray | None = None  # [S, k]
+    prompt: dict[int, tuple[np.ndarray, ...]] = dataclasses.field(default_factory=dict)  # row -> arrays
+
+
+def _logprob_width(requested: int) -> int:
+    return 1 if requested <= 1 else (5 if requested <= 5 else 20)
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        config: ModelConfig,
+        params: dict[str, Any],
+        *,
+        block_size: int,
+        max_model_len: int,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        attention_backend: str,
+        num_blocks: int | None = None,
+        kv_cache_memory_bytes: int | None = None,
+        gpu_memory_utilization: float = 0.9,
+        cache_sharding: Any = None,
+        replicated: Any = None,
+    ) -> None:
+        self.config = config
+        self.params = params
+        self.block_size = block_size
+        self.max_model_len = max_model_len
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_blocks_per_seq = -(-max_model_len // block_size)
+        self.attention_backend = attention_backend
+        self.model: CausalLM = build_model(config, attention_backend)
+        self.cache_sharding = cache_sharding
+        self.replicated = replicated
+        self.bytes_per_block = (
+            config.num_layers * 2 * block_size * config.num_kv_heads * config.head_dim
+            * jnp.dtype(config.jnp_dtype).itemsize
+        )
+        self._step = jax.jit(self._step_impl, static_argnames=("mode", "prompt_k"), donate_argnums=(1,))
+        self.last_device_wait_s = 0.0
+        self.num_blocks = num_blocks or self._blocks_for_memory(kv_cache_memory_bytes, gpu_memory_utilization)
+        self.kv_caches = self._allocate_cache()
+
+    # ---- KV cache -------------------------------------------------------------------------
+    def _blocks_for_memory(self, kv_bytes: int | None, utilization: float) -> int:
+        if kv_bytes is None:
+            stats = jax.devices()[0].memory_stats() or {}
+            if "bytes_limit" in stats:
+                budget = utilization * stats["bytes_limit"]
+                activation = self._activation_peak_bytes()
+                kv_bytes = int(budget - stats.get("bytes_in_use", 0) - activation)
+                logger.info(
+                    "memory: limit %.2f GiB, in use %.2f GiB, activation peak %.2f GiB",
+                    stats["bytes_limit"] / 2**30, stats.get("bytes_in_use", 0) / 2**30, activation / 2**30,
+                )
+            else:
+                kv_bytes = CPU_DEFAULT_KV_BYTES
+        blocks = kv_bytes // self.bytes_per_block
+        if blocks < 1:
+            raise ValueError(
+                f"no memory left for the KV cache ({kv_bytes / 2**20:.0f} MiB); lower max_num_batched_tokens "
+                "or max_model_len, or raise gpu_memory_utilization"
+            )
+        return int(blocks)
+
+    def _activation_peak_bytes(self) -> int:
+        """Temporary memory of the largest prefill bucket, measured from its compiled program."""
+        tokens = pow2_at_least(self.max_num_batched_tokens, 16)
+        cache = jax.ShapeDtypeStruct((1, self.block_size, self.config.num_kv_heads, self.config.head_dim),
+                                     self.config.jnp_dtype)
+        caches = [(cache, cache)] * self.config.num_layers
+        args = self._dummy_inputs(tokens, min(tokens, pow2_at_least(self.max_num_seqs)), 1)
+        compiled = self._step.lower(self.params, caches, *args, mode=SamplerMode(True, False, 0),
+                                    prompt_k=None).compile()
+        analysis = compiled.memory_analysis()
+        return int(getattr(analysis, "temp_size_in_bytes", 0)) if analysis is not None else 0
+
+    def _allocate_cache(self) -> KVCaches:
+        c = self.config
+        shape = (self.num_blocks, self.block_size, c.num_kv_heads, c.head_dim)
+
+        def zeros() -> KVCaches:
+            return [(jnp.zeros(shape, c.jnp_dtype), jnp.zeros(shape, c.jnp_dtype)) for _ in range(c.num_layers)]
+
+        out_shardings = None
+        if self.cache_sharding is not None:
+            out_shardings = [(self.cache_sharding, self.cache_sharding)] * c.num_layers
+        return jax.jit(zeros, out_shardings=out_shardings)()
+
+    def kv_cache_summary(self) -> str:
+        tokens = self.num_blocks * self.block_size
+        return (
+            f"KV cache: {self.num_blocks} blocks of {self.block_size} tokens "
+            f"({tokens} tokens, {self.num_blocks * self.bytes_per_block / 2**30:.2f} GiB); "
+            f"maximum concurrency for {self.max_model_len} tokens per request: {tokens / self.max_model_len:.2f}x"
+        )
+
+    # ---- the jitted step -----------------------------------------------------------------
+    def _step_impl(
+        self,
+        params: dict[str, Any],
+        kv_caches: KVCaches,
+        input_ids: jax.Array,
+        positions: jax.Array,
+        md: AttentionMetadata,
+        logits_indices: jax.Array,
+        sampling: SamplingTensors,
+        prompt_targets: jax.Array,
+        *,
+        mode: SamplerMode,
+        prompt_k: int | None,
+    ) -> tuple[KVCaches, dict[str, jax.Array]]:
+        variables = {"params": params}
+        hidden, kv_caches = self.model.apply(variables, input_ids, positions, kv_caches, md)
+        logits = self.model.apply(variables, hidden[logits_indices], method=CausalLM.logits)
+        tokens, logprobs = sample(logits, sampling, mode)
+        out = {"tokens": tokens}
+        if logprobs is not None:
+            out.update(zip(("logprob", "rank", "top_logprobs", "top_ids"), logprobs))
+        if prompt_k is not None:
+            all_logits = self.model.apply(variables, hidden, method=CausalLM.logits)
+            lp, rank, tv, ti = token_logprobs(all_logits, prompt_targets, prompt_k)
+            out.update(prompt_logprob=lp, prompt_rank=rank, prompt_top_logprobs=tv, prompt_top_ids=ti)
+        return kv_caches, out
+
+    # ---- host-side batch preparation -------------------------------------------------------
+    def _buckets(self, num_tokens: int, num_seqs: int, widest: int, decode_only: bool) -> tuple[int, int, int]:
+        seqs = pow2_at_least(num_seqs, 4)
+        tokens = seqs if decode_only else pow2_at_least(num_tokens, 16)
+        if self.attention_backend == "reference":
+            width = min(pow2_at_least(widest, 4), pow2_at_least(self.max_blocks_per_seq))
+        else:
+            width = self.max_blocks_per_seq
+        return tokens, seqs, width
+
+    def _dummy_inputs(self, tokens: int, seqs: int, width: int) -> tuple[Any, ...]:
+        md = AttentionMetadata(
+            slot_mapping=np.full(tokens, -1, np.int32), block_tables=np.zeros((seqs, width), np.int32),
+            seq_lens=np.zeros(seqs, np.int32), query_start_loc=np.zeros(seqs + 1, np.int32),
+            max_query_len=tokens,
+        )
+        sampling = _sampling_arrays([], seqs, 0, 0)
+        return (np.zeros(tokens, np.int32), np.zeros(tokens, np.int32), md, np.zeros(seqs, np.int32),
+                sampling, np.zeros(tokens, np.int32))
+
+    def execute(self, batch: ScheduledBatch, eos_ids: frozenset[int]) -> StepOutput:
+        seqs, counts = batch.seqs, batch.num_new_tokens
+        decode_only = all(n == 1 for n in counts)
+        widest = max(-(-(s.num_computed_tokens + n) // self.block_size) for s, n in zip(seqs, counts))
+        t_pad, s_pad, width = self._buckets(sum(counts), len(seqs), widest, decode_only)
+        bs = self.block_size
+        input_ids = np.zeros(t_pad, np.int32)
+        positions = np.zeros(t_pad, np.int32)
+        slots = np.full(t_pad, -1, np.int32)
+        prompt_targets = np.zeros(t_pad, np.int32)
+        block_tables = np.zeros((s_pad, width), np.int32)
+        seq_lens = np.zeros(s_pad, np.int32)
+        qsl = np.zeros(s_pad + 1, np.int32)
+        logits_indices = np.zeros(s_pad, np.int32)
+        samples = np.zeros(len(seqs), bool)
+        prompt_rows: dict[int, tuple[int, int, int]] = {}
+        prompt_k = -1
+        cursor = 0
+        for i, (seq, n) in enumerate(zip(seqs, counts)):
+            start = seq.num_computed_tokens
+            end = start + n
+            pos = np.arange(start, end, dtype=np.int32)
+            table = np.asarray(seq.block_table, np.int32)
+            input_ids[cursor : cursor + n] = seq.token_ids[start:end]
+            positions[cursor : cursor + n] = pos
+            slots[cursor : cursor + n] = table[pos // bs] * bs + pos % bs
+            block_tables[i, : len(table)] = table
+            seq_lens[i] = end
+            qsl[i + 1] = cursor + n
+            logits_indices[i] = cursor + n - 1
+            samples[i] = end == seq.num_tokens
+            if seq.wants_prompt_logprobs() and start < seq.num_prompt_tokens:
+                last = min(end, seq.num_prompt_tokens - 1)
+                targets = seq.token_ids[start + 1 : last + 1]
+                prompt_targets[cursor : cursor + len(targets)] = targets
+                prompt_rows[i] = (cursor, start, len(targets))
+                prompt_k = max(prompt_k, seq.params.prompt_logprobs or 0)
+            cursor += n
+        qsl[len(seqs) + 1 :] = cursor
+        md = AttentionMetadata(slot_mapping=slots, block_tables=block_tables, seq_lens=seq_lens,
+                               query_start_loc=qsl, max_query_len=1 if decode_only else t_pad)
+        sampling_seqs = [s for s, take in zip(seqs, samples) if take]
+        mode = SamplerMode(
+            all_greedy=all(s.params.greedy for s in sampling_seqs),
+            use_filters=any(s.params.uses_filters for s in sampling_seqs),
+            num_logprobs=_logprob_width(max((s.params.logprobs for s in sampling_seqs
+                                             if s.params.logprobs is not None), default=-1))
+            if any(s.params.logprobs is not None for s in sampling_seqs) else 0,
+        )
+        bias_width, history_width = _side_widths(seqs, samples, eos_ids)
+        sampling = _sampling_arrays(list(zip(seqs, samples)), s_pad, bias_width, history_width, eos_ids)
+        self.kv_caches, out = self._step(
+            self.params, self.kv_caches, input_ids, positions, md, logits_indices, sampling,
+            prompt_targets, mode=mode, prompt_k=_logprob_width(prompt_k) if prompt_k >= 0 else None,
+        )
+        dispatched = time.perf_counter()
+        host = jax.device_get(out)
+        self.last_device_wait_s = time.perf_counter() - dispatched
+        result = StepOutput(tokens=host["tokens"][: len(seqs)], samples=samples)
+        if mode.num_logprobs:
+            result.logprob = host["logprob"][: len(seqs)]
+            result.rank = host["rank"][: len(seqs)]
+            result.top_logprobs = host["top_logprobs"][: len(seqs)]
+            result.top_ids = host["top_ids"][: len(seqs)]
+        for row, (cursor, start, count) in prompt_rows.items():
+            window = slice(cursor, cursor + count)
+            result.prompt[row] = (start, host["prompt_logprob"][window], host["prompt_rank"][window],
+                                  host["prompt_top_logprobs"][window], host["prompt_top_ids"][window])
+        return result
+
+    @property
+    def num_compilations(self) -> int:
+        return compilation_count()
+
+
+def _side_widths(seqs: list[Sequence], samples: np.ndarray, eos_ids: frozenset[int]) -> tuple[int, int]:
+    bias, history = 0, 0
+    for seq, take in zip(seqs, samples):
+        if not take:
+            continue
+        p = seq.params
+        n = len(p.logit_bias or {})
+        if seq.num_output_tokens < p.min_tokens:
+            n += len(eos_ids) + len(p.stop_token_ids)
+        bias = max(bias, n)
+        if p.uses_penalties:
+            history = max(history, seq.num_tokens)
+    return (pow2_at_least(bias) if bias else 0), (pow2_at_least(history, 16) if history else 0)
+
+
+def _sampling_arrays(
+    rows: list[tuple[Sequence, bool]], s_pad: int, bias_width: int, history_width: int,
+    eos_ids: frozenset[int] = frozenset(),
+) -> SamplingTensors:
+    f32 = functools.partial(np.zeros, s_pad, np.float32)
+    t = dict(temperature=f32(), top_p=np.ones(s_pad, np.float32), top_k=np.zeros(s_pad, np.int32),
+             min_p=f32(), presence_penalty=f32(), frequency_penalty=f32(),
+             repetition_penalty=np.ones(s_pad, np.float32), seeds=np.zeros(s_pad, np.uint32),
+             counters=np.zeros(s_pad, np.int32))
+    bias_ids = np.full((s_pad, bias_width), -1, np.int32)
+    bias_values = np.zeros((s_pad, bias_width), np.float32)
+    history = np.full((s_pad, history_width), -1, np.int32)
+    is_output = np.zeros((s_pad, history_width), bool)
+    for i, (seq, take) in enumerate(rows):
+        if not take:
+            continue
+        p = seq.params
+        t["temperature"][i] = p.temperature
+        t["top_p"][i] = p.top_p
+        t["top_k"][i] = p.top_k
+        t["min_p"][i] = p.min_p
+        t["presence_penalty"][i] = p.presence_penalty
+        t["frequency_penalty"][i] = p.frequency_penalty
+        t["repetition_penalty"][i] = p.repetition_penalty
+        t["seeds"][i] = seq.seed & 0xFFFFFFFF
+        t["counters"][i] = seq.num_output_tokens
+        entries = list((p.logit_bias or {}).items())
+        if seq.num_output_tokens < p.min_tokens:
+            entries += [(tok, -math.inf) for tok in (*eos_ids, *p.stop_token_ids)]
+        for j, (tok, value) in enumerate(entries):
+            bias_ids[i, j], bias_values[i, j] = tok, value
+        if p.uses_penalties and history_width:
+            history[i, : seq.num_tokens] = seq.token_ids
+            is_output[i, seq.num_prompt_tokens : seq.num_tokens] = True
+    return SamplingTensors(**t, bias_ids=bias_ids, bias_values=bias_values, history=history,
+                           history_is_output=is_output)

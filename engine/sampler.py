@@ -1,0 +1,121 @@
+"""On-device sampling for a batch whose rows each have their own settings.
+
+Order of operations: logit bias (which also carries min_tokens' eos suppression) and
+penalties, then temperature, then top-k / top-p / min-p, then a Gumbel-max draw with a key
+derived from (seed, tokens generated so far), so a seeded request samples the same tokens
+whatever else shares its batch. Logprobs are those of the model's raw distribution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerMode:
+    """Static switches: each combination is one compiled variant of the step."""
+
+    all_greedy: bool
+    use_filters: bool
+    num_logprobs: int  # 0: none; else top-k width returned per row
+
+
+@struct.dataclass
+class SamplingTensors:
+    temperature: jax.Array  # [S] f32, 0 = greedy
+    top_p: jax.Array  # [S] f32
+    top_k: jax.Array  # [S] i32, 0 = off
+    min_p: jax.Array  # [S] f32
+    presence_penalty: jax.Array  # [S] f32
+    frequency_penalty: jax.Array  # [S] f32
+    repetition_penalty: jax.Array  # [S] f32
+    seeds: jax.Array  # [S] u32
+    counters: jax.Array  # [S] i32: tokens generated so far
+    bias_ids: jax.Array  # [S, NB] i32, -1 = unused
+    bias_values: jax.Array  # [S, NB] f32
+    history: jax.Array  # [S, H] i32 prompt + output ids for penalties, -1 = unused
+    history_is_output: jax.Array  # [S, H] bool
+
+
+def apply_bias_and_penalties(logits: jax.Array, t: SamplingTensors) -> jax.Array:
+    rows = jnp.arange(logits.shape[0])[:, None]
+    if t.bias_ids.shape[1]:
+        valid = t.bias_ids >= 0
+        ids = jnp.where(valid, t.bias_ids, 0)
+        logits = logits.at[rows, ids].add(jnp.where(valid, t.bias_values, 0.0))
+    if t.history.shape[1]:
+        valid = t.history >= 0
+        ids = jnp.where(valid, t.history, 0)
+        output_counts = jnp.zeros_like(logits).at[rows, ids].add(
+            (valid & t.history_is_output).astype(logits.dtype)
+        )
+        seen = jnp.zeros(logits.shape, jnp.bool_).at[rows, ids].max(valid)
+        rep = t.repetition_penalty[:, None]
+        logits = jnp.where(seen, jnp.where(logits > 0, logits / rep, logits * rep), logits)
+        logits = logits - t.frequency_penalty[:, None] * output_counts
+        logits = logits - t.presence_penalty[:, None] * (output_counts > 0)
+    return logits
+
+
+def apply_filters(logits: jax.Array, t: SamplingTensors) -> jax.Array:
+    """Masks tokens outside top-k, outside the top-p nucleus and below min-p (logits already tempered)."""
+    vocab = logits.shape[-1]
+    sorted_desc = -jnp.sort(-logits, axis=-1)
+    k = jnp.where(t.top_k > 0, jnp.minimum(t.top_k, vocab), vocab)
+    kth = jnp.take_along_axis(sorted_desc, (k - 1)[:, None], axis=-1)
+    probs_sorted = jax.nn.softmax(sorted_desc, axis=-1)
+    before = jnp.cumsum(probs_sorted, axis=-1) - probs_sorted
+    keep_count = jnp.maximum(jnp.sum(before < t.top_p[:, None], axis=-1), 1)
+    pth = jnp.take_along_axis(sorted_desc, (keep_count - 1)[:, None], axis=-1)
+    threshold = jnp.maximum(kth, pth)
+    min_p_threshold = sorted_desc[:, :1] + jnp.log(jnp.maximum(t.min_p[:, None], 1e-30))
+    threshold = jnp.where(t.min_p[:, None] > 0, jnp.maximum(threshold, min_p_threshold), threshold)
+    return jnp.where(logits >= threshold, logits, -jnp.inf)
+
+
+def sample(
+    logits: jax.Array, t: SamplingTensors, mode: SamplerMode
+) -> tuple[jax.Array, tuple[jax.Array, ...] | None]:
+    """Returns tokens [S] and, when asked, (chosen logprob [S], its rank [S], top-k logprobs, top-k ids)."""
+    raw = logits
+    logits = apply_bias_and_penalties(logits, t)
+    greedy_tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    if mode.all_greedy:
+        tokens = greedy_tokens
+    else:
+        temp = jnp.where(t.temperature > 0, t.temperature, 1.0)[:, None]
+        tempered = logits / temp
+        if mode.use_filters:
+            tempered = apply_filters(tempered, t)
+
+        def gumbel(seed: jax.Array, counter: jax.Array) -> jax.Array:
+            key = jax.random.fold_in(jax.random.key(seed), counter)
+            return jax.random.gumbel(key, (logits.shape[-1],), jnp.float32)
+
+        noise = jax.vmap(gumbel)(t.seeds, t.counters)
+        sampled = jnp.argmax(tempered + noise, axis=-1).astype(jnp.int32)
+        tokens = jnp.where(t.temperature > 0, sampled, greedy_tokens)
+    if not mode.num_logprobs:
+        return tokens, None
+    chosen, rank, top_values, top_ids = token_logprobs(raw, tokens, mode.num_logprobs)
+    return tokens, (chosen, rank, top_values, top_ids)
+
+
+def token_logprobs(
+    logits: jax.Array, targets: jax.Array, k: int
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Logprob and rank of given target ids (prompt logprobs), plus the top-k per row."""
+    logprobs = jax.nn.log_softmax(logits, axis=-1)
+    target_lp = jnp.take_along_axis(logprobs, targets[:, None], axis=-1)
+    rank = jnp.sum(logprobs > target_lp, axis=-1).astype(jnp.int32) + 1
+    top_values, top_ids = jax.lax.top_k(logprobs, k)
+    return target_lp[:, 0], rank, top_values, top_ids.astype(jnp.int32)
+
+
+def pow2_at_least(n: int, floor: int = 1) -> int:
+    return max(floor, 1 << max(0, int(np.ceil(np.log2(max(n, 1))))))
