@@ -62,7 +62,7 @@ _ROPE_FREQS = "rope_freqs.weight"
 class TokenizerParts:
     """The tokenizer as GGUF metadata describes it (``tokenizer.ggml.*``)."""
 
-    model: str  # tokenizer.ggml.model: "gpt2" for byte-level BPE
+    model: str | None  # tokenizer.ggml.model: "gpt2" for byte-level BPE
     pre: str | None  # tokenizer.ggml.pre: which pre-tokenizer regex the merges were learned with
     tokens: list[str]
     token_types: list[int]  # llama.cpp's: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte
@@ -122,7 +122,7 @@ class GGUFModel:
     def _read_tokenizer_parts(self) -> TokenizerParts:
         t = "tokenizer.ggml."
         return TokenizerParts(
-            model=self._get(t + "model", "gpt2"),
+            model=self._get(t + "model"),
             pre=self._get(t + "pre"),
             tokens=self._get(t + "tokens", []),
             token_types=[int(x) for x in self._get(t + "token_type", [])],
@@ -218,6 +218,7 @@ class GGUFModel:
 
 
 def read_gguf(path: str | Path) -> GGUFModel:
+    """Opens and validates a GGUF file (architecture, tensor names and types) without reading weights."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such GGUF file")
@@ -225,10 +226,6 @@ def read_gguf(path: str | Path) -> GGUFModel:
         reader = GGUFReader(path)
     except (ValueError, IndexError, KeyError, OverflowError) as err:
         raise ValueError(f"{path}: not a readable GGUF file, truncated or corrupt ({err})") from err
-    end = path.stat().st_size
-    for tensor in reader.tensors:
-        if tensor.data_offset + tensor.n_bytes > end:
-            raise ValueError(f"{path}: truncated: tensor {tensor.name!r} runs past the end of the file")
     return GGUFModel(path, reader)
 
 
