@@ -38,6 +38,11 @@ def default_backend() -> str:
     forced = os.environ.get("TESSERA_ATTENTION_BACKEND")
     if forced:
         return validate_backend(forced)
+    platform = jax.default_backend()
+    if platform == "gpu":
+        return "pallas_gpu"
+    if platform == "tpu":
+        return "pallas_tpu"
     return "reference"
 
 

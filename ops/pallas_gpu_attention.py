@@ -1,0 +1,264 @@
+"""Ragged paged attention for NVIDIA GPUs in Pallas (Triton lowering).
+
+Grid: (query tile, kv head, kv split). A program owns up to ``block_q`` new tokens of one
+sequence times the ``group`` query heads that share its kv head: those ``rows`` form the M side
+of the MMAs, so each K/V element is read once per tile rather than once per query head. The
+program walks its sequence's keys ``block_k`` at a time, reading block ids from the block table
+and gathering K/V rows straight from the pool (no copy of the pages), with an f32 online
+softmax in log2 units. Chunks that every row fully sees run without any masking; only the
+chunks on the causal diagonal, at the end of the context or at the window's start are masked.
+When the grid is too small to fill the GPU (decode at small batch) each tile's keys are split
+over ``kv_splits`` programs and the partial results merged by a second, tiny XLA pass.
+
+Why the Triton lowering and not Mosaic GPU: docs/kernels.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from ops import pallas_common as pc
+from ops.attention import AttentionMetadata
+
+LOG2E = math.log2(math.e)
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuKernelConfig:
+    """Tiling and launch parameters; ``default_config`` picks them from the step's shape."""
+
+    rows: int = 64  # target MMA rows (tokens x GQA group) of a prefill tile
+    block_k: int = 64  # keys per inner-loop step
+    num_warps: int = 4
+    num_stages: int = 3
+    kv_splits: int | None = None  # None: choose from the grid size
+    target_programs: int = 264  # two programs per SM of an H100
+
+
+DECODE_CONFIG = GpuKernelConfig(rows=16, block_k=128, num_warps=4, num_stages=3)
+PREFILL_CONFIG = GpuKernelConfig(rows=128, block_k=64, num_warps=8, num_stages=3)
+
+
+def default_config(max_query_len: int) -> GpuKernelConfig:
+    return DECODE_CONFIG if max_query_len <= 1 else PREFILL_CONFIG
+
+
+def supported(q: jax.Array, k_cache: jax.Array) -> bool:
+    """Shapes the kernel handles; anything else goes to the reference."""
+    head_dim = q.shape[-1]
+    block_size = k_cache.shape[1]
+    pow2 = lambda n: n & (n - 1) == 0  # noqa: E731
+    return head_dim >= 16 and pow2(head_dim) and pow2(block_size) and q.shape[1] % k_cache.shape[2] == 0
+
+
+def _kernel(
+    tiles_ref, bt_ref, q_ref, k_ref, v_ref, o_ref, *stat_refs,
+    rows: int, small_rows: int, group: int, num_heads: int, block_q: int, block_k: int,
+    block_size: int, bt_width: int, num_splits: int, rows_total: int, head_dim: int, scale: float,
+    soft_cap: float | None, sliding_window: int | None,
+):
+    tile, head, split = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    count = tiles_ref[tile, pc.TILE_COUNT]
+
+    def attend(num_rows: int) -> None:
+        seq = tiles_ref[tile, pc.TILE_SEQ]
+        token0 = tiles_ref[tile, pc.TILE_TOKEN]
+        first_pos = tiles_ref[tile, pc.TILE_POS]
+        kv_end = first_pos + count
+        r = jax.lax.broadcasted_iota(jnp.int32, (num_rows,), 0)
+        col = jax.lax.broadcasted_iota(jnp.int32, (1, head_dim), 1)
+        tok = r // group
+        row_ok = (tok < count) & (r < block_q * group)
+        # Rows outside the tile point past the end: masked on the GPU, dropped in interpret mode.
+        qrow = jnp.where(row_ok, (token0 + tok) * num_heads + head * group + r % group, rows_total)
+        q = plgpu.load(q_ref.at[qrow[:, None], col], mask=row_ok[:, None], other=0)
+        q_pos = first_pos + tok
+
+        def step(c, carry, masked: bool):
+            acc, m, l = carry
+            kpos = c * block_k + jax.lax.broadcasted_iota(jnp.int32, (block_k,), 0)
+            blk = bt_ref[seq * bt_width + kpos // block_size]
+            slot = blk * block_size + kpos % block_size
+            if masked:
+                key_ok = (kpos < kv_end)[:, None]
+                k = plgpu.load(k_ref.at[slot[:, None], col], mask=key_ok, other=0)
+                v = plgpu.load(v_ref.at[slot[:, None], col], mask=key_ok, other=0)
+            else:
+                k, v = k_ref[slot[:, None], col], v_ref[slot[:, None], col]
+            s = plgpu.dot(q, k, trans_b=True)
+            if soft_cap is None:
+                s = s * (scale * LOG2E)
+            else:
+                s = jnp.tanh(s * (scale / soft_cap)) * (soft_cap * LOG2E)
+            if masked:
+                seen = (kpos[None, :] <= q_pos[:, None]) & (kpos[None, :] < kv_end)
+                if sliding_window is not None:
+                    seen &= kpos[None, :] > q_pos[:, None] - sliding_window
+                s = jnp.where(seen, s, pc.MASKED)
+            m_new = jnp.maximum(m, jnp.max(s, axis=1))
+            alpha = jnp.exp2(m - m_new)
+            p = jnp.exp2(s - m_new[:, None])
+            l = l * alpha + jnp.sum(p, axis=1)
+            acc = acc * alpha[:, None] + plgpu.dot(p.astype(v.dtype), v)
+            return acc, m_new, l
+
+        lo, free_lo, free_hi, hi = pc.kv_chunk_bounds(first_pos, count, block_k, sliding_window)
+        a, b = pc.split_range(lo, hi, split, num_splits)
+        carry = (
+            jnp.zeros((num_rows, q.shape[1]), jnp.float32),
+            jnp.full((num_rows,), pc.MASKED, jnp.float32),
+            jnp.zeros((num_rows,), jnp.float32),
+        )
+        masked_step = functools.partial(step, masked=True)
+        free_step = functools.partial(step, masked=False)
+        if sliding_window is not None:
+            carry = jax.lax.fori_loop(a, jnp.minimum(free_lo, b), masked_step, carry)
+        carry = jax.lax.fori_loop(
+            jnp.maximum(free_lo, a), jnp.minimum(free_hi, b), free_step, carry
+        )
+        acc, m, l = jax.lax.fori_loop(jnp.maximum(free_hi, a), b, masked_step, carry)
+        out = acc / jnp.where(l > 0, l, 1.0)[:, None]
+        plgpu.store(o_ref.at[qrow[:, None], col], out.astype(o_ref.dtype), mask=row_ok[:, None])
+        if stat_refs:
+            m_ref, l_ref = stat_refs
+            plgpu.store(m_ref.at[qrow], m, mask=row_ok)
+            plgpu.store(l_ref.at[qrow], l, mask=row_ok)
+
+    if small_rows < rows:
+        # A tile holding a single decode token needs only `small_rows` MMA rows: don't pay
+        # for `rows` of them when decodes share the launch with prefill chunks.
+        pl.when((count > 0) & (count * group <= small_rows))(lambda: attend(small_rows))
+        pl.when(count * group > small_rows)(lambda: attend(rows))
+    else:
+        pl.when(count > 0)(lambda: attend(rows))
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """Static shape of one kernel launch, fixed by the step's shapes and the config."""
+
+    config: GpuKernelConfig
+    block_q: int  # tokens per query tile
+    rows: int  # MMA rows of a tile (block_q x group, padded to a power of two >= 16)
+    small_rows: int  # MMA rows used for tiles of a single decode token
+    bt_width: int  # block-table width padded to whole chunks
+    splits: int  # programs sharing one tile's keys
+
+
+def plan_launch(
+    q_shape: tuple[int, ...], k_shape: tuple[int, ...], md: AttentionMetadata,
+    config: GpuKernelConfig | None = None,
+) -> Launch:
+    cfg = config or default_config(md.max_query_len)
+    num_tokens, num_heads, _ = q_shape
+    _, block_size, num_kv_heads, _ = k_shape
+    num_seqs, width = md.block_tables.shape
+    group = num_heads // num_kv_heads
+    block_q = pc.pick_block_q(md.max_query_len, group, cfg.rows)
+    rows = max(16, pc.next_pow2(block_q * group))
+    num_tiles = pc.max_query_tiles(num_tokens, num_seqs, block_q)
+    max_chunks = -(-width * block_size // cfg.block_k)
+    # block_k and block_size are powers of two, so whole chunks span whole blocks.
+    bt_width = max(width, max_chunks * cfg.block_k // block_size)
+    splits = cfg.kv_splits or pc.pick_kv_splits(
+        num_tiles * num_kv_heads, max_chunks, cfg.target_programs
+    )
+    return Launch(cfg, block_q, rows, min(rows, max(16, pc.next_pow2(group))), bt_width, splits)
+
+
+def prepare_tables(md: AttentionMetadata, num_tokens: int, launch: Launch) -> tuple[jax.Array, jax.Array]:
+    """The tile table and the flat, padded block table (once per step, shared by all layers)."""
+    tiles = pc.build_tile_table(md, num_tokens, launch.block_q)
+    width = md.block_tables.shape[1]
+    # Padded entries are only ever used for masked (never loaded) keys.
+    tables = jnp.pad(md.block_tables, ((0, 0), (0, launch.bt_width - width)))
+    return tiles, tables.reshape(-1)
+
+
+def run_kernel(
+    q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, tiles: jax.Array, block_tables: jax.Array,
+    num_real_tokens: jax.Array, launch: Launch, *, scale: float, sliding_window: int | None,
+    soft_cap: float | None, interpret: bool,
+) -> jax.Array:
+    num_tokens, num_heads, head_dim = q.shape
+    num_blocks, block_size, num_kv_heads, _ = k_cache.shape
+    cfg, splits = launch.config, launch.splits
+    rows_total = num_tokens * num_heads
+    whole = pl.BlockSpec()
+    # The pools are read through a free reshape to [slots, kv_heads, head_dim]; the kv-head axis
+    # is squeezed by the grid so a program sees only its head's rows.
+    kv_spec = pl.BlockSpec((num_blocks * block_size, None, head_dim), lambda t, h, s: (0, h, 0))
+    if splits == 1:
+        out_shape = [jax.ShapeDtypeStruct((rows_total, head_dim), q.dtype)]
+        out_specs = [whole]
+    else:
+        out_shape = [
+            jax.ShapeDtypeStruct((splits, rows_total, head_dim), jnp.float32),
+            jax.ShapeDtypeStruct((splits, rows_total), jnp.float32),
+            jax.ShapeDtypeStruct((splits, rows_total), jnp.float32),
+        ]
+        out_specs = [
+            pl.BlockSpec((None, rows_total, head_dim), lambda t, h, s: (s, 0, 0)),
+            pl.BlockSpec((None, rows_total), lambda t, h, s: (s, 0)),
+            pl.BlockSpec((None, rows_total), lambda t, h, s: (s, 0)),
+        ]
+    kernel = functools.partial(
+        _kernel, rows=launch.rows, small_rows=launch.small_rows, group=num_heads // num_kv_heads,
+        num_heads=num_heads, block_q=launch.block_q, block_k=cfg.block_k, block_size=block_size,
+        bt_width=launch.bt_width, num_splits=splits, rows_total=rows_total, head_dim=head_dim,
+        scale=scale, soft_cap=soft_cap, sliding_window=sliding_window,
+    )
+    results = pl.pallas_call(
+        kernel,
+        grid=(tiles.shape[0], num_kv_heads, splits),
+        in_specs=[whole, whole, whole, kv_spec, kv_spec],
+        out_specs=out_specs,
+        out_shape=out_shape,
+        compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
+        interpret=interpret,
+        name="ragged_paged_attention",
+    )(
+        tiles,
+        block_tables,
+        q.reshape(rows_total, head_dim),
+        k_cache.reshape(num_blocks * block_size, num_kv_heads, head_dim),
+        v_cache.reshape(num_blocks * block_size, num_kv_heads, head_dim),
+    )
+    out = results[0] if splits == 1 else pc.combine_splits(*results).astype(q.dtype)
+    return pc.mask_padding(out.reshape(num_tokens, num_heads, head_dim), num_real_tokens)
+
+
+def pallas_gpu_paged_attention(
+    q: jax.Array,
+    k_cache: jax.Array,
+    v_cache: jax.Array,
+    md: AttentionMetadata,
+    *,
+    scale: float,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
+    config: GpuKernelConfig | None = None,
+    interpret: bool | None = None,
+) -> jax.Array:
+    """See ``ops.attention.paged_attention``; ``interpret`` defaults to "not on a GPU"."""
+    if not supported(q, k_cache):
+        from ops.reference_attention import reference_paged_attention
+
+        return reference_paged_attention(
+            q, k_cache, v_cache, md, scale=scale, sliding_window=sliding_window, soft_cap=soft_cap
+        )
+    if interpret is None:
+        interpret = jax.default_backend() != "gpu"
+    launch = plan_launch(q.shape, k_cache.shape, md, config)
+    tiles, block_tables = prepare_tables(md, q.shape[0], launch)
+    return run_kernel(
+        q, k_cache, v_cache, tiles, block_tables, md.query_start_loc[-1], launch, scale=scale,
+        sliding_window=sliding_window, soft_cap=soft_cap, interpret=interpret,
+    )
