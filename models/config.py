@@ -74,7 +74,9 @@ class ModelConfig:
             rope_scaling=tuple(sorted(rope_scaling.items())) if rope_scaling else None,
             max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            attention_bias=bool(hf.get("attention_bias", arch.startswith("Qwen2"))),
+            attention_bias=bool(
+                hf["attention_bias"] if hf.get("attention_bias") is not None else arch.startswith("Qwen2")
+            ),
             qk_norm=arch.startswith("Qwen3"),
             sliding_window=int(window) if window else None,
             dtype=resolve_dtype(str(hf.get("torch_dtype") or hf.get("dtype") or "float32"), "float32"),
