@@ -22,8 +22,10 @@ class EngineConfig:
     kv_cache_memory_bytes: int | None = None
     num_gpu_blocks_override: int | None = None
     enable_chunked_prefill: bool = True
+    enable_prefix_caching: bool = True
     attention_backend: str | None = None
-    mesh: str | None = None
+    mesh: str | None = None  # e.g. "tp=4", "dp=2,tp=2" (sharding/mesh.py)
+    sharding_rules: str = "default"  # a rule set name or a JSON/YAML file (sharding/rules.py)
     compilation_cache_dir: str | None = dataclasses.field(
         default_factory=lambda: os.environ.get(
             "TESSERA_COMPILATION_CACHE", str(Path.home() / ".cache" / "tessera" / "xla")

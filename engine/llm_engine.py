@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.block_manager import BlockManager
 from engine.compilation import compilation_count, enable_persistent_cache, install_counter
@@ -23,6 +23,9 @@ from engine.sequence import Sequence
 from engine.stop_checker import StopChecker
 from models.loaders import LoadedModel, load_model
 from ops.attention import default_backend, validate_backend
+
+if TYPE_CHECKING:
+    from sharding.model_sharding import ModelSharding
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ class EngineStats:
     generation_tokens_total: int
     num_preemptions: int
     num_compilations: int
+    prefix_cache_queries: int  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits: int  # of those, tokens whose KV was reused
 
 
 class RequestState:
@@ -58,27 +63,30 @@ class RequestState:
 
 class LLMEngine:
     def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None,
-                 sharding: Any | None = None) -> None:
+                 sharding: ModelSharding | None = None) -> None:
         config.validate()
         install_counter()
         enable_persistent_cache(config.compilation_cache_dir)
         self.config = config
         if sharding is None and config.mesh:
-            from sharding.mesh import ModelSharding
+            from sharding.model_sharding import ModelSharding
 
-            sharding = ModelSharding.from_spec(config.mesh)
+            sharding = ModelSharding.from_spec(config.mesh, config.sharding_rules)
         self.sharding = sharding
         if loaded is None:
             loaded = load_model(
                 config.model, tokenizer=config.tokenizer, dtype=config.dtype, load_format=config.load_format,
                 seed=config.seed, use_checkpoint_cache=config.use_checkpoint_cache,
-                sharding_for=sharding.param_sharding_for(None) if sharding else None,
+                sharding_for=sharding.param_sharding if sharding else None,
             )
         self.model_config = loaded.config
         self.tokenizer = loaded.tokenizer
         self.model_name = loaded.name
+        params = loaded.params
         if sharding is not None:
             sharding.check_model(self.model_config)
+            params = sharding.shard_params(params)
+            logger.info(sharding.describe())
         self.max_model_len = min(config.max_model_len or loaded.config.max_position_embeddings,
                                  loaded.config.max_position_embeddings)
         if config.max_model_len and config.max_model_len > loaded.config.max_position_embeddings:
@@ -101,17 +109,27 @@ class LLMEngine:
             self.tokenizer.eos_token_ids if self.tokenizer is not None else frozenset()
         )
         self.runner = ModelRunner(
-            loaded.config, loaded.params, block_size=config.block_size, max_model_len=self.max_model_len,
+            loaded.config, params, block_size=config.block_size, max_model_len=self.max_model_len,
             max_num_seqs=config.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
             attention_backend=backend, num_blocks=config.num_gpu_blocks_override,
             kv_cache_memory_bytes=config.kv_cache_memory_bytes,
             gpu_memory_utilization=config.gpu_memory_utilization,
-            cache_sharding=sharding.kv_cache_sharding() if sharding else None,
+            sharding=sharding,
         )
         logger.info(self.runner.kv_cache_summary())
-        self.block_manager = BlockManager(self.runner.num_blocks, config.block_size)
-        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, self.max_num_batched_tokens,
-                                   config.enable_chunked_prefill)
+        if sharding is not None and sharding.dp > 1:
+            from sharding.data_parallel import DataParallelScheduler
+
+            self.scheduler = DataParallelScheduler(
+                sharding.dp, self.runner.num_blocks // sharding.dp, config.block_size, config.max_num_seqs,
+                self.max_num_batched_tokens, config.enable_chunked_prefill,
+            )
+            self.block_manager = self.scheduler.block_manager
+        else:
+            self.block_manager = BlockManager(self.runner.num_blocks, config.block_size,
+                                              config.enable_prefix_caching)
+            self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, self.max_num_batched_tokens,
+                                       config.enable_chunked_prefill)
         self.requests: dict[str, RequestState] = {}
         self._rng = random.Random(config.seed)
         self.prompt_tokens_total = 0
@@ -169,6 +187,9 @@ class LLMEngine:
         seqs = [Sequence(request_id, i, ids, params, base_seed + i, max_tokens, arrival_time)
                 for i in range(params.n)]
         checkers = [StopChecker(self.tokenizer, ids, params, self.eos_token_ids) for _ in seqs]
+        for child in seqs[1:]:  # the other samples share sample 0's prompt blocks once computed
+            child.awaiting_fork = True
+        seqs[0].forks = seqs[1:]
         self.requests[request_id] = RequestState(request_id, text, ids, seqs, checkers)
         for seq in seqs:
             self.scheduler.add(seq)
@@ -193,14 +214,14 @@ class LLMEngine:
         if not batch:
             return []
         out = self.runner.execute(batch, self.eos_token_ids)
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            self.prompt_tokens_total += max(0, min(n, seq.num_prompt_tokens - seq.num_computed_tokens))
+        self.scheduler.complete(batch)
         touched: dict[str, RequestState] = {}
-        for row, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
+        for row, seq in enumerate(batch.seqs):
             state = self.requests.get(seq.request_id)
             if state is None:
                 continue
-            if seq.num_computed_tokens < seq.num_prompt_tokens:
-                self.prompt_tokens_total += min(n, seq.num_prompt_tokens - seq.num_computed_tokens)
-            seq.num_computed_tokens += n
             if row in out.prompt:
                 self._record_prompt_logprobs(seq, out.prompt[row])
             if out.samples[row]:
@@ -278,4 +299,5 @@ class LLMEngine:
             num_blocks=self.block_manager.num_blocks, prompt_tokens_total=self.prompt_tokens_total,
             generation_tokens_total=self.generation_tokens_total,
             num_preemptions=self.scheduler.num_preemptions, num_compilations=compilation_count(),
+            prefix_cache_queries=self.block_manager.prefix_queries, prefix_cache_hits=self.block_manager.prefix_hits,
         )

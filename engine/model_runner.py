@@ -266,7 +266,9 @@ class ModelRunner:
             table = np.asarray(seq.block_table, np.int32)
             input_ids[cursor : cursor + n] = seq.token_ids[start:end]
             positions[cursor : cursor + n] = pos
-            slots[cursor : cursor + n] = table[pos // bs] * bs + pos % bs
+            # Positions whose KV is already cached (a reused prefix, a forked prompt) are not
+            # rewritten: another sequence may be reading that block.
+            slots[cursor : cursor + n] = np.where(pos < seq.kv_present_tokens, -1, table[pos // bs] * bs + pos % bs)
             block_tables[row, : len(table)] = table
             seq_lens[row] = end
             qsl[rank * (s_pad + 1) + j + 1] = local[rank] + n
@@ -298,6 +300,8 @@ class ModelRunner:
         sampling = _sampling_arrays(placed, dp * s_pad, bias_width, history_width, eos_ids)
         inputs = (input_ids, positions, md, logits_indices, sampling, prompt_targets)
         prompt_width = _logprob_width(prompt_k) if prompt_k >= 0 else None
+        if batch.copies:
+            self.copy_blocks(batch.copies)
         if self.step_channel is not None:
             self.step_channel.send(inputs, mode, prompt_width)
         out = self.run_step(inputs, mode, prompt_width)
@@ -323,6 +327,19 @@ class ModelRunner:
             inputs = self.sharding.put_batch(inputs)
         self.kv_caches, out = self._step(self.params, self.kv_caches, *inputs, mode, prompt_k)
         return out
+
+    def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        """Copy-on-write: duplicates whole blocks in every layer's pools, in place (donated)."""
+        width = pow2_at_least(len(copies))
+        pairs = np.stack([np.zeros(width, np.int32), np.full(width, self.num_blocks, np.int32)])
+        pairs[:, : len(copies)] = np.asarray(copies, np.int32).T
+        self.kv_caches = self._copy_blocks(self.kv_caches, pairs)
+
+    @staticmethod
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def _copy_blocks(kv_caches: KVCaches, pairs: jax.Array) -> KVCaches:
+        src, dst = pairs[0], pairs[1]  # padding pairs target block num_blocks: dropped
+        return [(k.at[dst].set(k[src], mode="drop"), v.at[dst].set(v[src], mode="drop")) for k, v in kv_caches]
 
     @property
     def num_compilations(self) -> int:

@@ -19,6 +19,7 @@ class ScheduledBatch:
     seqs: list[Sequence]
     num_new_tokens: list[int]
     num_preempted: int = 0
+    copies: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # copy-on-write (src, dst)
 
     @property
     def num_tokens(self) -> int:
@@ -59,10 +60,26 @@ class Scheduler:
         seq.status = SequenceStatus.FINISHED
         self.block_manager.free(seq)
 
-    def _preempt(self, seq: Sequence) -> None:
-        self.running.remove(seq)
+    def complete(self, batch: ScheduledBatch) -> None:
+        """Records the step's computed tokens: registers full blocks, forks waiting samples."""
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            seq.num_computed_tokens += n
+            self.block_manager.register_computed_blocks(seq)
+            if seq.forks and seq.num_computed_tokens >= seq.num_prompt_tokens:
+                for child in seq.forks:
+                    if child.awaiting_fork:
+                        self.block_manager.fork(seq, child)
+                        child.awaiting_fork = False
+                seq.forks = []
+
+    def _release(self, seq: Sequence) -> None:
         self.block_manager.free(seq)
         seq.num_computed_tokens = 0
+        seq.num_cached_tokens = 0
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self._release(seq)
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
@@ -86,20 +103,30 @@ class Scheduler:
                     break
             if seq.status is not SequenceStatus.RUNNING:
                 continue
-            self.block_manager.allocate(seq, n)
+            batch.copies += self.block_manager.allocate(seq, n)
             batch.seqs.append(seq)
             batch.num_new_tokens.append(n)
             budget -= n
-        while self.waiting and budget > 0 and not preempted and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
+        for seq in list(self.waiting):
+            if budget == 0 or preempted or len(self.running) >= self.max_num_seqs:
+                break
+            if seq.awaiting_fork:
+                continue  # admitted once its parent's prompt is computed
+            fresh = seq.num_computed_tokens == 0 and not seq.block_table
+            if fresh:
+                self.block_manager.reuse_cached_prefix(seq)
             remaining = seq.remaining_to_compute()
             n = min(remaining, budget)
-            if n < remaining and not self.enable_chunked_prefill:
+            fits = self.block_manager.can_allocate(self.block_manager.blocks_needed(seq, n))
+            if not fits or (n < remaining and not self.enable_chunked_prefill):
+                if fresh:
+                    self._release(seq)
                 break
-            if not self.block_manager.can_allocate(self.block_manager.blocks_needed(seq, n)):
-                break
-            self.waiting.popleft()
-            self.block_manager.allocate(seq, n)
+            self.waiting.remove(seq)
+            if fresh:
+                self.block_manager.prefix_queries += seq.num_tokens
+                self.block_manager.prefix_hits += seq.num_cached_tokens
+            batch.copies += self.block_manager.allocate(seq, n)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             batch.seqs.append(seq)

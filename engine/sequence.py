@@ -41,7 +41,11 @@ class Sequence:
         self.status = SequenceStatus.WAITING
         self.block_table: list[int] = []
         self.num_computed_tokens = 0
-        self.num_cached_tokens = 0
+        self.num_cached_tokens = 0  # prompt tokens found in the prefix cache (reported)
+        self.kv_present_tokens = 0  # positions below this already have KV in the cache: never rewrite
+        self.block_hashes: list[int] = []  # chained hashes of this sequence's full, computed blocks
+        self.awaiting_fork = False  # n > 1: waits for sample 0's prompt blocks, then shares them
+        self.forks: list[Sequence] = []  # on sample 0: the samples waiting to share its prompt
         self.cumulative_logprob = 0.0
         self.logprobs: list[PositionLogprobs] = []
         self.prompt_logprobs: list[PositionLogprobs | None] = []

@@ -1,70 +1,84 @@
-"""Property test: whatever mix of arrivals, finishes, aborts and preemptions, no KV block leaks."""
+"""Property test: whatever mix of arrivals (shared prefixes, n > 1), finishes, aborts and
+preemptions, reference counts match owners, no referenced block is free, and nothing leaks."""
 
 from __future__ import annotations
+
+from collections import Counter
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import SamplingParams
 from engine.block_manager import BlockManager
-from engine.scheduler import Scheduler
+from engine.scheduler import ScheduledBatch, Scheduler
 from engine.sequence import Sequence, SequenceStatus
+
+BLOCK = 4
+PREFIX = list(range(100, 130))  # shared by requests that ask for it
 
 actions = st.lists(
     st.one_of(
-        st.tuples(st.just("add"), st.integers(1, 70), st.integers(1, 20)),
-        st.tuples(st.just("step"), st.just(0), st.just(0)),
-        st.tuples(st.just("abort"), st.integers(0, 50), st.just(0)),
+        st.tuples(st.just("add"), st.integers(1, 40), st.integers(1, 12), st.integers(0, 30), st.integers(1, 3)),
+        st.tuples(st.just("step"), st.just(0), st.just(0), st.just(0), st.just(0)),
+        st.tuples(st.just("abort"), st.integers(0, 50), st.just(0), st.just(0), st.just(0)),
     ),
     min_size=1, max_size=80,
 )
 
 
 def _check_invariants(bm: BlockManager, scheduler: Scheduler) -> None:
-    owned = [b for seq in scheduler.running for b in seq.block_table]
-    owned += [b for seq in scheduler.waiting for b in seq.block_table]
-    assert len(owned) == len(set(owned)), "a block is owned twice"
+    owners = Counter(b for seq in [*scheduler.running, *scheduler.waiting] for b in seq.block_table)
+    for block, count in owners.items():
+        assert bm.ref_counts[block] == count, f"block {block}: {bm.ref_counts[block]} refs, {count} owners"
+        assert block not in bm.free_blocks, "a referenced block is on the free list"
     assert all(c >= 0 for c in bm.ref_counts)
-    assert bm.num_free_blocks + len(owned) == bm.num_blocks
-    assert not set(owned) & set(bm.free_blocks), "a referenced block is on the free list"
+    assert bm.num_free_blocks + len(owners) == bm.num_blocks
+
+
+def _advance(scheduler: Scheduler, batch: ScheduledBatch) -> None:
+    scheduler.complete(batch)
+    for seq in batch.seqs:
+        if seq.num_computed_tokens == seq.num_tokens:
+            seq.token_ids.append(seq.num_tokens % 7)
+            if seq.num_output_tokens >= seq.max_tokens:
+                scheduler.finish(seq)
 
 
 @settings(max_examples=150, deadline=None)
-@given(actions=actions, num_blocks=st.integers(6, 24), budget=st.integers(4, 64),
-       chunked=st.booleans())
-def test_no_leaks_under_random_traffic(actions: list, num_blocks: int, budget: int, chunked: bool) -> None:
-    bm = BlockManager(num_blocks, block_size=4)
-    scheduler = Scheduler(bm, max_num_seqs=4, max_num_batched_tokens=max(budget, 70 if not chunked else 1),
+@given(actions=actions, num_blocks=st.integers(8, 30), budget=st.integers(4, 64),
+       chunked=st.booleans(), caching=st.booleans())
+def test_no_leaks_under_random_traffic(actions: list, num_blocks: int, budget: int, chunked: bool,
+                                       caching: bool) -> None:
+    bm = BlockManager(num_blocks, BLOCK, enable_prefix_caching=caching)
+    scheduler = Scheduler(bm, max_num_seqs=4, max_num_batched_tokens=budget if chunked else 100,
                           enable_chunked_prefill=chunked)
-    seqs: list[Sequence] = []
-    for kind, a, b in actions:
-        if kind == "add" and (a + b) <= num_blocks * 4:
-            seq = Sequence(str(len(seqs)), 0, list(range(a)), SamplingParams(max_tokens=b), 0, b)
-            seqs.append(seq)
-            scheduler.add(seq)
-        elif kind == "abort" and seqs:
-            seq = seqs[a % len(seqs)]
-            if not seq.is_finished:
-                scheduler.finish(seq)
+    requests: list[list[Sequence]] = []
+    for kind, a, b, shared, n in actions:
+        if kind == "add":
+            prompt = PREFIX[:shared] + list(range(a))
+            if len(prompt) + b > (num_blocks // n) * BLOCK:
+                continue
+            seqs = [Sequence(str(len(requests)), i, prompt, SamplingParams(max_tokens=b), i, b) for i in range(n)]
+            for child in seqs[1:]:
+                child.awaiting_fork = True
+            seqs[0].forks = seqs[1:]
+            requests.append(seqs)
+            for seq in seqs:
+                scheduler.add(seq)
+        elif kind == "abort" and requests:
+            for seq in requests[a % len(requests)]:
+                if not seq.is_finished:
+                    scheduler.finish(seq)
         elif kind == "step":
-            batch = scheduler.schedule()
-            for seq, n in zip(batch.seqs, batch.num_new_tokens):
-                seq.num_computed_tokens += n
-                assert len(seq.block_table) * 4 >= seq.num_computed_tokens
-                if seq.num_computed_tokens == seq.num_tokens:
-                    seq.token_ids.append(1)
-                    if seq.num_output_tokens >= seq.max_tokens:
-                        scheduler.finish(seq)
+            _advance(scheduler, scheduler.schedule())
         _check_invariants(bm, scheduler)
-    while scheduler.has_unfinished():  # drain: everything must be able to finish
+    for _ in range(2000):  # drain: everything must be able to finish
+        if not scheduler.has_unfinished():
+            break
         batch = scheduler.schedule()
         assert batch, "scheduler stalled with work left"
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
-            seq.num_computed_tokens += n
-            if seq.num_computed_tokens == seq.num_tokens:
-                seq.token_ids.append(1)
-                if seq.num_output_tokens >= seq.max_tokens:
-                    scheduler.finish(seq)
+        _advance(scheduler, batch)
         _check_invariants(bm, scheduler)
+    assert not scheduler.has_unfinished()
     assert bm.num_free_blocks == bm.num_blocks
-    assert all(s.status is SequenceStatus.FINISHED for s in seqs)
+    assert all(s.status is SequenceStatus.FINISHED for seqs in requests for s in seqs)
