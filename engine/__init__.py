@@ -5,6 +5,12 @@ import os
 # Let the engine size the KV cache from the device's memory itself (gpu_memory_utilization)
 # instead of XLA's default 75% preallocation; must be set before JAX initialises a GPU.
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
+# transformers is only our tokenizer and config library; its "PyTorch was not found" notice is noise.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from engine import log  # noqa: E402
+
+log.configure()
 
 from engine.config import EngineConfig  # noqa: E402
 from engine.llm import LLM  # noqa: E402
