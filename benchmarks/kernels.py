@@ -167,7 +167,8 @@ def time_peer(shared, sets) -> float:
 def check_against_reference(name, shared, sets, scale, config=None, **kw) -> float:
     q, md = sets[0]
     out = gpu.pallas_gpu_paged_attention(q, shared[0], shared[1], md, scale=scale, config=config, **kw)
-    ref = reference_paged_attention(q, shared[0], shared[1], md, scale=scale, **kw)
+    with jax.default_matmul_precision("highest"):  # XLA's GPU default for f32 dots is TF32
+        ref = reference_paged_attention(q, shared[0], shared[1], md, scale=scale, **kw)
     err = relative_error(out.astype(jnp.float32), ref.astype(jnp.float32))
     nan = bool(jnp.isnan(out).any())
     log(f"  {name}: relative error vs reference {err:.2e}{' NaN!' if nan else ''}")
@@ -197,7 +198,8 @@ def correctness_pass() -> None:
             out = gpu.pallas_gpu_paged_attention(case.q, case.k_cache, case.v_cache, case.md,
                                                  scale=d**-0.5, config=cfg, **kw)
             k_clean, v_clean = case.clean()
-            ref = reference_paged_attention(case.q, k_clean, v_clean, case.md, scale=d**-0.5, **kw)
+            with jax.default_matmul_precision("highest"):
+                ref = reference_paged_attention(case.q, k_clean, v_clean, case.md, scale=d**-0.5, **kw)
             out32 = np.asarray(out.astype(jnp.float32))
             err = relative_error(out32, ref.astype(jnp.float32))
             ok = (not np.isnan(out32).any()) and (out32[sum(ql):] == 0).all()
@@ -232,15 +234,17 @@ def pool_copy_check() -> None:
 def configs_for(kind: str) -> list[gpu.GpuKernelConfig]:
     d, p = gpu.DECODE_CONFIG, gpu.PREFILL_CONFIG
     r = dataclasses.replace
+    # The first run (RESULTS.md) swept decode widely: it is insensitive to the launch shape.
     if kind == "decode":
-        return [d, r(d, block_k=64), r(d, num_warps=8), r(d, block_k=256, num_warps=8),
-                r(d, num_stages=2), r(d, num_stages=4), r(d, kv_splits=2)]
+        return [d, r(d, num_stages=2)]
     if kind == "decode_b1":
-        return [d, r(d, kv_splits=16), r(d, kv_splits=64), r(d, block_k=64, kv_splits=64)]
+        return [d, r(d, kv_splits=16)]
     if kind == "prefill":
-        return [p, r(p, block_k=128, num_stages=2), r(p, num_warps=4), r(p, rows=64, num_warps=4),
-                r(p, block_k=32, num_warps=4), r(p, rows=256, num_stages=2), r(p, block_k=128)]
-    return [p, r(p, rows=64, num_warps=4)]
+        return [p, r(p, num_stages=3), r(p, block_k=32, num_stages=3), r(p, num_warps=16),
+                r(p, block_k=128, num_warps=16), r(p, rows=512, num_warps=16),
+                r(p, rows=512, block_k=32, num_warps=16, num_stages=3),
+                r(p, rows=128, block_k=128)]
+    return [p, r(p, rows=128), r(p, rows=64, num_warps=4)]
 
 
 def run_case(name, kind, q_lens, seq_lens, ceil, smoke, heads=32, kv_heads=8, head_dim=128,

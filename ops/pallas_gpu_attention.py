@@ -36,6 +36,7 @@ class GpuKernelConfig:
 
     rows: int = 64  # target MMA rows (tokens x GQA group) of a prefill tile
     block_k: int = 64  # keys per inner-loop step
+    small_block_k: int = 128  # keys per step for single-token tiles (decodes in a mixed launch)
     num_warps: int = 4
     num_stages: int = 3
     kv_splits: int | None = None  # None: choose from the grid size
@@ -43,7 +44,9 @@ class GpuKernelConfig:
 
 
 DECODE_CONFIG = GpuKernelConfig(rows=16, block_k=128, num_warps=4, num_stages=3)
-PREFILL_CONFIG = GpuKernelConfig(rows=128, block_k=64, num_warps=8, num_stages=3)
+# Measured on an H100 (benchmarks/RESULTS.md): decode is bandwidth-bound and insensitive to the
+# launch shape; prefill gains most from tall tiles, which cut the K/V gathers per FLOP.
+PREFILL_CONFIG = GpuKernelConfig(rows=256, block_k=64, num_warps=8, num_stages=2)
 
 
 def default_config(max_query_len: int) -> GpuKernelConfig:
@@ -61,13 +64,17 @@ def supported(q: jax.Array, k_cache: jax.Array) -> bool:
 def _kernel(
     tiles_ref, bt_ref, q_ref, k_ref, v_ref, o_ref, *stat_refs,
     rows: int, small_rows: int, group: int, num_heads: int, block_q: int, block_k: int,
-    block_size: int, bt_width: int, num_splits: int, rows_total: int, head_dim: int, scale: float,
+    small_block_k: int, block_size: int, bt_width: int, num_splits: int, rows_total: int,
+    head_dim: int, scale: float,
     soft_cap: float | None, sliding_window: int | None,
 ):
-    tile, head, split = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    # Tiles run last-first: a sequence's later tiles see more keys, so under causal masking
+    # the longest programs start first and the short ones fill the tail.
+    tile = pl.num_programs(0) - 1 - pl.program_id(0)
+    head, split = pl.program_id(1), pl.program_id(2)
     count = tiles_ref[tile, pc.TILE_COUNT]
 
-    def attend(num_rows: int) -> None:
+    def attend(num_rows: int, block_k: int) -> None:
         seq = tiles_ref[tile, pc.TILE_SEQ]
         token0 = tiles_ref[tile, pc.TILE_TOKEN]
         first_pos = tiles_ref[tile, pc.TILE_POS]
@@ -134,10 +141,12 @@ def _kernel(
     if small_rows < rows:
         # A tile holding a single decode token needs only `small_rows` MMA rows: don't pay
         # for `rows` of them when decodes share the launch with prefill chunks.
-        pl.when((count > 0) & (count * group <= small_rows))(lambda: attend(small_rows))
-        pl.when(count * group > small_rows)(lambda: attend(rows))
+        pl.when((count > 0) & (count * group <= small_rows))(
+            lambda: attend(small_rows, small_block_k)
+        )
+        pl.when(count * group > small_rows)(lambda: attend(rows, block_k))
     else:
-        pl.when(count > 0)(lambda: attend(rows))
+        pl.when(count > 0)(lambda: attend(rows, block_k))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,8 +174,9 @@ def plan_launch(
     rows = max(16, pc.next_pow2(block_q * group))
     num_tiles = pc.max_query_tiles(num_tokens, num_seqs, block_q)
     max_chunks = -(-width * block_size // cfg.block_k)
-    # block_k and block_size are powers of two, so whole chunks span whole blocks.
-    bt_width = max(width, max_chunks * cfg.block_k // block_size)
+    # Key chunks and blocks are powers of two, so whole chunks span whole blocks.
+    widest = max(cfg.block_k, cfg.small_block_k)
+    bt_width = max(width, -(-width * block_size // widest) * widest // block_size)
     splits = cfg.kv_splits or pc.pick_kv_splits(
         num_tiles * num_kv_heads, max_chunks, cfg.target_programs
     )
@@ -211,7 +221,8 @@ def run_kernel(
         ]
     kernel = functools.partial(
         _kernel, rows=launch.rows, small_rows=launch.small_rows, group=num_heads // num_kv_heads,
-        num_heads=num_heads, block_q=launch.block_q, block_k=cfg.block_k, block_size=block_size,
+        num_heads=num_heads, block_q=launch.block_q, block_k=cfg.block_k,
+        small_block_k=cfg.small_block_k, block_size=block_size,
         bt_width=launch.bt_width, num_splits=splits, rows_total=rows_total, head_dim=head_dim,
         scale=scale, soft_cap=soft_cap, sliding_window=sliding_window,
     )
