@@ -122,7 +122,7 @@ class LLMEngine:
 
             self.scheduler = DataParallelScheduler(
                 sharding.dp, self.runner.num_blocks // sharding.dp, config.block_size, config.max_num_seqs,
-                self.max_num_batched_tokens, config.enable_chunked_prefill,
+                self.max_num_batched_tokens, config.enable_chunked_prefill, config.enable_prefix_caching,
             )
             self.block_manager = self.scheduler.block_manager
         else:

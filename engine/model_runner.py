@@ -301,9 +301,11 @@ class ModelRunner:
         inputs = (input_ids, positions, md, logits_indices, sampling, prompt_targets)
         prompt_width = _logprob_width(prompt_k) if prompt_k >= 0 else None
         if batch.copies:
+            if self.step_channel is not None:
+                self.step_channel.send_copies(batch.copies)
             self.copy_blocks(batch.copies)
         if self.step_channel is not None:
-            self.step_channel.send(inputs, mode, prompt_width)
+            self.step_channel.send_step(inputs, mode, prompt_width)
         out = self.run_step(inputs, mode, prompt_width)
         dispatched = time.perf_counter()
         host = jax.device_get(out)
