@@ -1,0 +1,160 @@
+"""Mesh specs, rule sets, model checks, dp placement and flags: no multi-device JAX needed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import jax
+import pytest
+from jax.sharding import AbstractMesh
+
+from engine.sampling_params import SamplingParams
+from engine.sequence import Sequence
+from sharding import ModelSharding, ShardingRules, build_mesh, load_rules, parse_mesh_spec
+from sharding.cli import add_sharding_args, init_distributed_from_args, sharding_config
+from sharding.data_parallel import DataParallelScheduler
+from sharding.rules import RULE_SETS
+from tests.tiny_models import tiny_config
+
+
+@pytest.mark.parametrize(("spec", "sizes"), [
+    ("tp=4", {"dp": 1, "tp": 4}), ("dp=2", {"dp": 2, "tp": 1}), (" dp=2 , tp=2 ", {"dp": 2, "tp": 2}),
+])
+def test_parse_mesh_spec(spec: str, sizes: dict[str, int]) -> None:
+    assert parse_mesh_spec(spec) == sizes
+
+
+@pytest.mark.parametrize(("spec", "words"), [
+    ("", "empty mesh spec"), ("tp", "AXIS=SIZE"), ("tp=abc", "positive integer"), ("tp=0", "positive integer"),
+    ("tp=-1", "positive integer"), ("pp=2", "unknown mesh axis 'pp'"), ("tp=2,ep=4", "not supported yet"),
+    ("tp=2,tp=2", "given twice"),
+])
+def test_bad_mesh_specs(spec: str, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        parse_mesh_spec(spec)
+
+
+def test_mesh_size_must_match_the_devices() -> None:
+    one = jax.devices()[:1]
+    with pytest.raises(ValueError, match="needs 2 devices, more than the 1 available"):
+        build_mesh(parse_mesh_spec("tp=2"), one)
+    mesh = build_mesh(parse_mesh_spec("tp=1"), one)
+    assert dict(mesh.shape) == {"dp": 1, "tp": 1}
+
+
+def test_rule_sets_by_name_and_file(tmp_path: Path) -> None:
+    assert set(RULE_SETS) >= {"default", "replicated-embed", "fsdp-like", "replicated"}
+    assert load_rules("default") == ("default", ShardingRules())
+    json_file = tmp_path / "wide.json"
+    json_file.write_text(json.dumps({"extends": "replicated-embed", "mlp": None, "embed": ["tp"]}))
+    name, rules = load_rules(str(json_file))
+    assert name == "wide" and rules == RULE_SETS["replicated-embed"].replace(mlp=None, embed="tp")
+    yaml_file = tmp_path / "heads.yaml"
+    yaml_file.write_text("vocab: null\nkv_heads: null\n")
+    assert load_rules(str(yaml_file))[1] == ShardingRules(vocab=None, kv_heads=None)
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    ({"heads": "tp"}, "unknown logical axes"), ({"mlp": "model"}, "unknown mesh axis 'model'"),
+    ({"extends": "megatron"}, "extends 'megatron'"),
+])
+def test_bad_rule_files(tmp_path: Path, content: dict[str, object], words: str) -> None:
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=words):
+        load_rules(str(path))
+
+
+def test_unknown_rule_set_name() -> None:
+    with pytest.raises(ValueError, match="unknown sharding rules 'megatron'"):
+        load_rules("megatron")
+
+
+def test_one_mesh_axis_cannot_split_two_dimensions() -> None:
+    with pytest.raises(ValueError, match="onto one mesh axis"):
+        ShardingRules(embed="tp").spec(("embed", "mlp"))
+
+
+def _sharding(dp: int, tp: int, rules: ShardingRules | None = None) -> ModelSharding:
+    return ModelSharding(AbstractMesh((dp, tp), ("dp", "tp")), rules or ShardingRules(), "test")  # type: ignore[arg-type]
+
+
+def test_kv_heads_fewer_than_tp_are_replicated() -> None:
+    sharding = _sharding(1, 4)
+    sharding.check_model(tiny_config(num_heads=8, num_kv_heads=2, head_dim=8))
+    assert sharding.model_rules.kv_heads is None and sharding.model_rules.q_heads == "tp"
+    assert sharding.kv_cache_split() == (1, 1)
+    sharding = _sharding(2, 2)
+    sharding.check_model(tiny_config(num_heads=8, num_kv_heads=2, head_dim=8))
+    assert sharding.kv_cache_split() == (2, 2)
+
+
+@pytest.mark.parametrize(("overrides", "axis"), [
+    (dict(num_heads=6, num_kv_heads=2, head_dim=8), "q_heads"),  # 6 q heads over tp=4
+    (dict(num_heads=8, num_kv_heads=3, head_dim=8), "kv_heads"),  # 3 kv heads: neither divides
+    (dict(vocab_size=258), "vocab"),
+])
+def test_model_dimensions_that_do_not_divide(overrides: dict[str, int], axis: str) -> None:
+    with pytest.raises(ValueError, match=f"model's {axis} dimension"):
+        _sharding(1, 4).check_model(tiny_config(**overrides))
+
+
+def test_replicated_embed_accepts_any_vocab() -> None:
+    _sharding(1, 4, RULE_SETS["replicated-embed"]).check_model(tiny_config(vocab_size=258, num_heads=8, head_dim=8))
+
+
+def test_batch_and_kv_blocks_belong_to_dp() -> None:
+    with pytest.raises(ValueError, match="batch must map to 'dp'"):
+        _sharding(1, 2, ShardingRules(batch="tp"))
+    with pytest.raises(ValueError, match="data-parallel replicas"):
+        _sharding(2, 1, ShardingRules(batch=None, kv_blocks=None))
+
+
+def _seq(tokens: list[int], n: int = 1) -> list[Sequence]:
+    params = SamplingParams(temperature=0, max_tokens=4, n=n)
+    seqs = [Sequence("r", i, tokens, params, 0, 4) for i in range(n)]
+    for child in seqs[1:]:
+        child.awaiting_fork = True
+    seqs[0].forks = seqs[1:]
+    return seqs
+
+
+def test_dp_placement_balances_follows_prefixes_and_keeps_forks_together() -> None:
+    scheduler = DataParallelScheduler(2, blocks_per_replica=16, block_size=16, max_num_seqs=8,
+                                      max_num_batched_tokens=256)
+    shared = list(range(1, 34))  # two full blocks and one token
+    first = _seq(shared)[0]
+    scheduler.add(first)
+    batch = scheduler.schedule()
+    assert batch.dp_ranks == [0] and batch.seqs == [first]
+    scheduler.complete(batch)  # registers first's two full blocks in replica 0's prefix cache
+    again = _seq(shared + [99])[0]
+    scheduler.add(again)  # replica 0 is busier, but holds the prefix
+    other = _seq([7] * 20)[0]
+    scheduler.add(other)
+    parent, child = _seq([5] * 20, n=2)
+    scheduler.add(parent)
+    scheduler.add(child)
+    ranks = {seq.seq_id: rank for rank, replica in enumerate(scheduler.replicas)
+             for seq in [*replica.waiting, *replica.running]}
+    assert ranks[again.seq_id] == 0 and ranks[other.seq_id] == 1
+    assert ranks[parent.seq_id] == ranks[child.seq_id]
+    batch = scheduler.schedule()
+    assert again in batch.seqs and again.num_cached_tokens == 32
+    assert scheduler.block_manager.num_blocks == 32
+
+
+def test_flags() -> None:
+    parser = argparse.ArgumentParser()
+    add_sharding_args(parser)
+    args = parser.parse_args(["--mesh", "dp=2, tp=4", "--sharding-rules", "fsdp-like"])
+    assert sharding_config(args) == {"mesh": "dp=2,tp=4", "sharding_rules": "fsdp-like"}
+    init_distributed_from_args(args)  # single process: nothing to join
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--mesh", "tp=abc"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--sharding-rules", "megatron"])
+    with pytest.raises(ValueError, match="--process-id needs"):
+        init_distributed_from_args(parser.parse_args(["--process-id", "1"]))
