@@ -1,0 +1,83 @@
+"""What every handler shares: the engine loop, the served names and the server's settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid
+from typing import Any
+
+from engine.llm_engine import LLMEngine
+from engine.sampling_params import SamplingParams
+from server.engine_loop import EngineLoop
+from server.errors import APIError, from_value_error
+from server.metrics import ServerMetrics
+
+logger = logging.getLogger("server.requests")
+
+MAX_LOGGED_PROMPT_CHARS = 200
+MAX_LOGGED_PROMPT_IDS = 32
+
+
+@dataclasses.dataclass
+class ServerSettings:
+    served_model_names: list[str]
+    model_root: str
+    api_key: str | None = None
+    chat_template: str | None = None
+    generation_defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+    log_requests: bool = True
+    max_pending_requests: int = 4096
+
+
+class ServerState:
+    def __init__(self, engine_loop: EngineLoop, settings: ServerSettings,
+                 metrics: ServerMetrics | None = None) -> None:
+        self.engine_loop = engine_loop
+        self.metrics = metrics
+        self.engine: LLMEngine = engine_loop.engine
+        self.settings = settings
+        self.created = int(time.time())
+
+    @property
+    def model_names(self) -> list[str]:
+        return self.settings.served_model_names
+
+    def resolve_model(self, name: str | None) -> str:
+        """The served name a request asked for (the first one when it names none); 404 otherwise."""
+        if not name:
+            return self.model_names[0]
+        if name not in self.model_names:
+            raise APIError(404, f"The model `{name}` does not exist.", "model")
+        return name
+
+    def check_capacity(self) -> None:
+        if not self.engine_loop.alive:
+            raise APIError(503, "The engine has stopped; this server cannot serve requests.")
+        if self.engine_loop.num_pending >= self.settings.max_pending_requests:
+            raise APIError(503, f"The server is overloaded ({self.engine_loop.num_pending} requests pending); "
+                                "retry later.", headers={"Retry-After": "1"})
+
+    def encode(self, prompt: str | list[int], params: SamplingParams) -> list[int]:
+        """Token ids of a prompt, checked against the vocabulary and the context length (400s)."""
+        try:
+            _, ids = self.engine.encode_prompt(prompt)
+            self.engine.check_length(len(ids), params)
+        except ValueError as err:
+            raise from_value_error(err) from None
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        tokenizer = self.engine.tokenizer
+        return tokenizer.decode(ids, skip_special_tokens=False) if tokenizer is not None else ""
+
+    def log_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> None:
+        if self.settings.log_requests:
+            shown = prompt[:MAX_LOGGED_PROMPT_CHARS] if isinstance(prompt, str) else prompt[:MAX_LOGGED_PROMPT_IDS]
+            logger.info("Received request %s: prompt: %r (%d %s), params: %s", request_id, shown, len(prompt),
+                        "chars" if isinstance(prompt, str) else "token ids", params)
+
+
+def new_request_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
