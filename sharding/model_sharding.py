@@ -112,7 +112,8 @@ class ModelSharding:
             if size % shards:
                 raise ValueError(
                     f"parameter {name} dimension {dim} ({logical[dim]}, size {size}) does not divide "
-                    f"over {shards} shards of mesh axis {entry!r}"
+                    f"over {shards} shards of mesh axis {entry!r} (rules {self.rules_name!r}); use a mesh "
+                    f"whose size divides it, or a rule set that maps {logical[dim]} elsewhere"
                 )
         return NamedSharding(self.mesh, spec)
 

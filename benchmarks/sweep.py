@@ -1,0 +1,201 @@
+"""Offline throughput and latency over a grid of mesh shapes and sharding rule sets.
+
+For every (mesh, rules) pair one engine is built on the first ``product(mesh)`` devices with
+dummy weights placed by those rules, then: the throughput workload of benchmarks/throughput.py
+(warm-up pass, then a timed pass) and a batch-1 decode (one request alone). Writes a CSV and a
+PNG (throughput and per-step latency per layout) and prints the table.
+
+  # CPU, 8 fake devices, a tiny model:
+  python -m benchmarks.sweep --cpu-devices 8 --meshes tp=1 tp=2 tp=4 dp=2,tp=2 \\
+      --rules default replicated-embed fsdp-like --out benchmarks/results/sweep_cpu
+  # 2 GPUs, the 8B shape: tp=2 against tp=1
+  python -m benchmarks.sweep --model benchmarks/configs/llama-3-8b --dtype bfloat16 \\
+      --meshes tp=1 tp=2 --rules default --num-prompts 128 --input-len 256 --output-len 128 \\
+      --out benchmarks/results/sweep_8b_tp2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+TINY_CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "vocab_size": 512, "hidden_size": 128, "intermediate_size": 256,
+    "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 16,
+    "max_position_embeddings": 1024, "rms_norm_eps": 1e-5, "torch_dtype": "float32",
+}
+CPU_KV_BLOCKS = 1024  # the CPU has no memory statistics to size the cache from
+COLUMNS = ["mesh", "rules", "devices", "output_tokens_per_s", "total_tokens_per_s", "ms_per_step",
+           "batch1_ms_per_token", "steps", "compilations_after_warmup", "kv_blocks", "error"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--meshes", nargs="+", default=["tp=1", "tp=2"], metavar="SPEC")
+    parser.add_argument("--rules", nargs="+", default=["default"], metavar="NAME|FILE")
+    parser.add_argument("--model", default=None, help="HF config directory; default: a tiny built-in config")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--num-prompts", type=int, default=32)
+    parser.add_argument("--input-len", type=int, default=64)
+    parser.add_argument("--output-len", type=int, default=32)
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--num-gpu-blocks-override", type=int, default=None)
+    parser.add_argument("--attention-backend", default=None)
+    parser.add_argument("--cpu-devices", type=int, default=None,
+                        help="run on the CPU with this many fake devices (sets XLA_FLAGS; must come first)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sweep"),
+                        help="output prefix: writes OUT.csv, OUT.json and OUT.png")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    return parser.parse_args(argv)
+
+
+def _engine(args: argparse.Namespace, model_dir: str, mesh: str, rules: str) -> Any:
+    import jax
+
+    from engine import EngineConfig, LLMEngine
+    from sharding import ModelSharding, parse_mesh_spec
+
+    size = math.prod(parse_mesh_spec(mesh).values())
+    if size > jax.device_count():
+        raise ValueError(f"needs {size} devices, {jax.device_count()} available")
+    sharding = ModelSharding.from_spec(mesh, rules, devices=jax.devices()[:size])
+    config = EngineConfig(
+        model=model_dir, load_format="dummy", dtype=args.dtype, max_num_seqs=args.max_num_seqs,
+        max_model_len=args.max_model_len, num_gpu_blocks_override=args.num_gpu_blocks_override,
+        attention_backend=args.attention_backend, compilation_cache_dir=None,
+    )
+    return LLMEngine(config, sharding=sharding)
+
+
+def measure(args: argparse.Namespace, model_dir: str, mesh: str, rules: str) -> dict[str, Any]:
+    import numpy as np
+
+    from benchmarks.throughput import run_workload
+
+    engine = _engine(args, model_dir, mesh, rules)
+    rng = np.random.default_rng(0)
+    vocab = engine.model_config.vocab_size
+
+    def prompts(n: int) -> list[list[int]]:  # fresh random prompts each pass: no prefix-cache hits
+        return [[int(t) for t in rng.integers(1, vocab, size=args.input_len)] for _ in range(n)]
+
+    run_workload(engine, prompts(args.num_prompts), args.output_len)
+    compiled = engine.stats().num_compilations
+    timed = run_workload(engine, prompts(args.num_prompts), args.output_len)
+    run_workload(engine, prompts(1), args.output_len)
+    alone = run_workload(engine, prompts(1), args.output_len)
+    seconds = timed["seconds"]
+    return {
+        "devices": engine.sharding.mesh.size,
+        "output_tokens_per_s": args.num_prompts * args.output_len / seconds,
+        "total_tokens_per_s": args.num_prompts * (args.input_len + args.output_len) / seconds,
+        "ms_per_step": 1e3 * seconds / timed["steps"], "steps": timed["steps"],
+        "batch1_ms_per_token": 1e3 * alone["seconds"] / args.output_len,
+        "compilations_after_warmup": engine.stats().num_compilations - compiled,
+        "kv_blocks": engine.runner.num_blocks,
+    }
+
+
+def sweep(args: argparse.Namespace, model_dir: str) -> list[dict[str, Any]]:
+    import jax
+
+    rows = []
+    for mesh in args.meshes:
+        for rules in args.rules:
+            row: dict[str, Any] = {"mesh": mesh, "rules": rules, "error": ""}
+            try:
+                row.update(measure(args, model_dir, mesh, rules))
+            except (ValueError, RuntimeError) as err:  # a layout that does not fit this model or machine
+                row["error"] = str(err).splitlines()[0]
+            rows.append(row)
+            print(_format_row(row), flush=True)
+            gc.collect()  # free this layout's weights and KV cache before the next one sizes its own
+            jax.clear_caches()
+    return rows
+
+
+def _format_row(row: dict[str, Any]) -> str:
+    if row["error"]:
+        return f"{row['mesh']:>12} {row['rules']:>18}  skipped: {row['error']}"
+    return (f"{row['mesh']:>12} {row['rules']:>18} {row['devices']:>3} dev  {row['output_tokens_per_s']:10.1f} out tok/s"
+            f"  {row['total_tokens_per_s']:10.1f} tok/s  {row['ms_per_step']:8.2f} ms/step"
+            f"  batch-1 {row['batch1_ms_per_token']:8.2f} ms/token")
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit(f"matplotlib is not installed, so no plot was drawn ({path}); "
+                         "`pip install matplotlib`, or pass --no-plot. The CSV and JSON are written.") from None
+    done = [r for r in rows if not r["error"]]
+    labels = [f"{r['mesh']}\n{r['rules']}" for r in done]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(8, 1.4 * len(done) + 4), 4.5))
+    left.bar(labels, [r["output_tokens_per_s"] for r in done], color="tab:blue")
+    left.set_ylabel("output tokens / s")
+    left.set_title("throughput")
+    x = range(len(done))
+    right.bar([i - 0.2 for i in x], [r["ms_per_step"] for r in done], width=0.4, label="mean step (batch)")
+    right.bar([i + 0.2 for i in x], [r["batch1_ms_per_token"] for r in done], width=0.4, label="batch-1 per token")
+    right.set_xticks(list(x), labels)
+    right.set_ylabel("ms")
+    right.set_title("latency")
+    right.legend()
+    for axis in (left, right):
+        axis.tick_params(axis="x", labelsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.cpu_devices:
+        args.num_gpu_blocks_override = args.num_gpu_blocks_override or CPU_KV_BLOCKS
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + f" --xla_force_host_platform_device_count={args.cpu_devices}")
+    import jax
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.model
+        if model_dir is None:
+            model_dir = tmp
+            (Path(tmp) / "config.json").write_text(json.dumps(TINY_CONFIG))
+        rows = sweep(args, model_dir)
+    device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+    title = (f"{Path(args.model).name if args.model else 'tiny'} on {device}: {args.num_prompts} prompts, "
+             f"{args.input_len} in / {args.output_len} out")
+    write_csv(rows, args.out.with_suffix(".csv"))
+    args.out.with_suffix(".json").write_text(json.dumps({"title": title, "rows": rows}, indent=2))
+    print(f"\n{title}")
+    print("\n".join(_format_row(r) for r in rows))
+    print(f"wrote {args.out.with_suffix('.csv')} and {args.out.with_suffix('.json')}")
+    if not args.no_plot:
+        plot(rows, args.out.with_suffix(".png"), title)
+        print(f"wrote {args.out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
