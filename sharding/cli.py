@@ -35,12 +35,22 @@ def _rules_arg(text: str) -> str:
 
 
 def add_sharding_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("sharding and multi-host")
+    """All of them: the mesh flags and the multi-host flags."""
+    add_mesh_args(parser)
+    add_multihost_args(parser)
+
+
+def add_mesh_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sharding")
     group.add_argument("--mesh", type=_mesh_arg, metavar="SPEC",
                        help="device mesh over all devices, e.g. 'tp=4' or 'dp=2,tp=4' (default: one device)")
     group.add_argument("--sharding-rules", type=_rules_arg, default="default", metavar="NAME|FILE",
                        help=f"logical-axis-to-mesh rules: one of {', '.join(RULE_SETS)}, or a JSON/YAML file "
                             "(default: %(default)s)")
+
+
+def add_multihost_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("multi-host")
     group.add_argument("--coordinator-address", metavar="HOST:PORT",
                        help="multi-host: process 0's address for jax.distributed.initialize")
     group.add_argument("--num-processes", type=int, metavar="N", help="multi-host: how many processes in all")
