@@ -28,6 +28,8 @@ from ops import pallas_common as pc
 from ops.attention import AttentionMetadata
 
 LOG2E = math.log2(math.e)
+# The Triton lowering runs f32 dots as TF32 unless asked for full precision (no effect on bf16).
+EXACT = jax.lax.Precision.HIGHEST
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +53,17 @@ PREFILL_CONFIG = GpuKernelConfig(rows=256, block_k=64, num_warps=8, num_stages=2
 
 def default_config(max_query_len: int) -> GpuKernelConfig:
     return DECODE_CONFIG if max_query_len <= 1 else PREFILL_CONFIG
+
+
+def _fit_default(cfg: GpuKernelConfig, query_rows: int) -> GpuKernelConfig:
+    """Shrinks tall prefill tiles until the step's query rows fill ``target_programs`` programs
+    (a 512-token chunk in 256-row tiles would leave most SMs idle), with the warps to match."""
+    rows = cfg.rows
+    while rows > 64 and query_rows // rows < cfg.target_programs:
+        rows //= 2
+    if rows == cfg.rows:
+        return cfg
+    return dataclasses.replace(cfg, rows=rows, num_warps=min(cfg.num_warps, 4))
 
 
 def supported(q: jax.Array, k_cache: jax.Array) -> bool:
@@ -99,7 +112,7 @@ def _kernel(
                 v = plgpu.load(v_ref.at[slot[:, None], col], mask=key_ok, other=0)
             else:
                 k, v = k_ref[slot[:, None], col], v_ref[slot[:, None], col]
-            s = plgpu.dot(q, k, trans_b=True)
+            s = plgpu.dot(q, k, trans_b=True, precision=EXACT)
             if soft_cap is None:
                 s = s * (scale * LOG2E)
             else:
@@ -108,12 +121,15 @@ def _kernel(
                 seen = (kpos[None, :] <= q_pos[:, None]) & (kpos[None, :] < kv_end)
                 if sliding_window is not None:
                     seen &= kpos[None, :] > q_pos[:, None] - sliding_window
+                # Masked logits are set after scaling, to exactly MASKED: a row that has seen
+                # nothing yet then gets exp2(MASKED - MASKED) = 1 (wiped by alpha = 0 at its
+                # first real key), never exp2 of a rounding residual of MASKED * scale.
                 s = jnp.where(seen, s, pc.MASKED)
             m_new = jnp.maximum(m, jnp.max(s, axis=1))
             alpha = jnp.exp2(m - m_new)
             p = jnp.exp2(s - m_new[:, None])
             l = l * alpha + jnp.sum(p, axis=1)
-            acc = acc * alpha[:, None] + plgpu.dot(p.astype(v.dtype), v)
+            acc = acc * alpha[:, None] + plgpu.dot(p.astype(v.dtype), v, precision=EXACT)
             return acc, m_new, l
 
         lo, free_lo, free_hi, hi = pc.kv_chunk_bounds(first_pos, count, block_k, sliding_window)
@@ -165,11 +181,11 @@ def plan_launch(
     q_shape: tuple[int, ...], k_shape: tuple[int, ...], md: AttentionMetadata,
     config: GpuKernelConfig | None = None,
 ) -> Launch:
-    cfg = config or default_config(md.max_query_len)
     num_tokens, num_heads, _ = q_shape
     _, block_size, num_kv_heads, _ = k_shape
     num_seqs, width = md.block_tables.shape
     group = num_heads // num_kv_heads
+    cfg = config or _fit_default(default_config(md.max_query_len), num_tokens * group * num_kv_heads)
     block_q = pc.pick_block_q(md.max_query_len, group, cfg.rows)
     rows = max(16, pc.next_pow2(block_q * group))
     num_tiles = pc.max_query_tiles(num_tokens, num_seqs, block_q)
