@@ -46,15 +46,12 @@ class ShardingRules:
     def replace(self, **changes: AxisName) -> ShardingRules:
         return dataclasses.replace(self, **changes)
 
-    def to_dict(self) -> dict[str, AxisName]:
-        return dataclasses.asdict(self)
-
 
 RULE_SETS: dict[str, ShardingRules] = {
     "default": ShardingRules(),
-    # Embedding and LM head whole on every device: no gather for the lookup and no all-gather
-    # of the logits before sampling, at the cost of vocab x hidden memory per device (twice
-    # when untied).
+    # Embedding and LM head whole on every device: no all-reduce after the lookup and no
+    # cross-device reduction over the logits when sampling, at the cost of vocab x hidden
+    # memory per device (twice when untied).
     "replicated-embed": ShardingRules(vocab=None),
     # Every weight split along the hidden dimension instead of heads/mlp; XLA gathers or
     # reduces around each matmul. The KV cache is not split over tp.
