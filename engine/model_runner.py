@@ -81,6 +81,8 @@ class ModelRunner:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_blocks_per_seq = -(-max_model_len // block_size)
         self.attention_backend = attention_backend
+        if sharding is not None:
+            sharding.check_attention_backend(attention_backend)
         self.model: CausalLM = build_model(config, attention_backend)
         self.sharding = sharding
         self.dp = sharding.dp if sharding is not None else 1
