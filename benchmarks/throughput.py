@@ -32,7 +32,7 @@ def run_workload(engine: LLMEngine, prompts: list[list[int]], output_len: int) -
     host = device = 0.0
     started = time.perf_counter()
     while engine.has_unfinished_requests():
-        engine.step()
+        engine.step(final_only=True)
         steps += 1
         device += engine.last_step_device_wait_s
         host += engine.last_step_total_s - engine.last_step_device_wait_s

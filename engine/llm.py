@@ -78,7 +78,7 @@ class LLM:
         started = time.perf_counter()
         prompt_tokens = output_tokens = 0
         while self.engine.has_unfinished_requests():
-            for out in self.engine.step():
+            for out in self.engine.step(final_only=True):
                 if out.finished:
                     done[out.request_id] = out
                     prompt_tokens += len(out.prompt_token_ids)

@@ -208,7 +208,9 @@ class LLMEngine:
         return self.scheduler.has_unfinished()
 
     # ---- the step -------------------------------------------------------------------------
-    def step(self) -> list[RequestOutput]:
+    def step(self, final_only: bool = False) -> list[RequestOutput]:
+        """Runs one scheduled step; returns outputs of requests that got tokens (``final_only``:
+        of requests that finished, which spares offline batches a per-token output object)."""
         started = time.perf_counter()
         batch = self.scheduler.schedule()
         if not batch:
@@ -229,8 +231,10 @@ class LLMEngine:
                 touched[seq.request_id] = state
         outputs = []
         for state in touched.values():
-            outputs.append(self._request_output(state))
-            if state.finished:
+            finished = state.finished
+            if finished or not final_only:
+                outputs.append(self._request_output(state))
+            if finished:
                 del self.requests[state.request_id]
         self.last_step_total_s = time.perf_counter() - started
         self.last_step_device_wait_s = self.runner.last_device_wait_s

@@ -264,13 +264,20 @@ class ModelRunner:
             end = start + n
             j, cursor = filled[rank], rank * t_pad + local[rank]
             rows[i] = row = rank * s_pad + j
-            pos = np.arange(start, end, dtype=np.int32)
-            table = np.asarray(seq.block_table, np.int32)
-            input_ids[cursor : cursor + n] = seq.token_ids[start:end]
-            positions[cursor : cursor + n] = pos
+            table = seq.block_table
             # Positions whose KV is already cached (a reused prefix, a forked prompt) are not
             # rewritten: another sequence may be reading that block.
-            slots[cursor : cursor + n] = np.where(pos < seq.kv_present_tokens, -1, table[pos // bs] * bs + pos % bs)
+            if n == 1:  # decode: plain ints are several times cheaper than numpy on one element
+                input_ids[cursor] = seq.token_ids[start]
+                positions[cursor] = start
+                if start >= seq.kv_present_tokens:
+                    slots[cursor] = table[start // bs] * bs + start % bs
+            else:
+                pos = np.arange(start, end, dtype=np.int32)
+                input_ids[cursor : cursor + n] = seq.token_ids[start:end]
+                positions[cursor : cursor + n] = pos
+                slot = np.asarray(table, np.int32)[pos // bs] * bs + pos % bs
+                slots[cursor : cursor + n] = np.where(pos < seq.kv_present_tokens, -1, slot)
             block_tables[row, : len(table)] = table
             seq_lens[row] = end
             qsl[rank * (s_pad + 1) + j + 1] = local[rank] + n
@@ -365,15 +372,20 @@ def _side_widths(seqs: list[Sequence], samples: np.ndarray, eos_ids: frozenset[i
     return (pow2_at_least(bias) if bias else 0), (pow2_at_least(history, 16) if history else 0)
 
 
+_SETTING_COLUMNS = (
+    ("temperature", np.float32), ("top_p", np.float32), ("top_k", np.int32), ("min_p", np.float32),
+    ("presence_penalty", np.float32), ("frequency_penalty", np.float32), ("repetition_penalty", np.float32),
+    ("seeds", np.uint32), ("counters", np.int32),
+)
+
+
 def _sampling_arrays(
     rows: list[tuple[Sequence | None, bool]], s_pad: int, bias_width: int, history_width: int,
     eos_ids: frozenset[int] = frozenset(),
 ) -> SamplingTensors:
-    f32 = functools.partial(np.zeros, s_pad, np.float32)
-    t = dict(temperature=f32(), top_p=np.ones(s_pad, np.float32), top_k=np.zeros(s_pad, np.int32),
-             min_p=f32(), presence_penalty=f32(), frequency_penalty=f32(),
-             repetition_penalty=np.ones(s_pad, np.float32), seeds=np.zeros(s_pad, np.uint32),
-             counters=np.zeros(s_pad, np.int32))
+    # One row of per-request settings per padded sequence, converted to arrays in one go.
+    padding = (0.0, 1.0, 0, 0.0, 0.0, 0.0, 1.0, 0, 0)
+    settings = [padding] * s_pad
     bias_ids = np.full((s_pad, bias_width), -1, np.int32)
     bias_values = np.zeros((s_pad, bias_width), np.float32)
     history = np.full((s_pad, history_width), -1, np.int32)
@@ -382,22 +394,18 @@ def _sampling_arrays(
         if not take or seq is None:
             continue
         p = seq.params
-        t["temperature"][i] = p.temperature
-        t["top_p"][i] = p.top_p
-        t["top_k"][i] = p.top_k
-        t["min_p"][i] = p.min_p
-        t["presence_penalty"][i] = p.presence_penalty
-        t["frequency_penalty"][i] = p.frequency_penalty
-        t["repetition_penalty"][i] = p.repetition_penalty
-        t["seeds"][i] = seq.seed & 0xFFFFFFFF
-        t["counters"][i] = seq.num_output_tokens
-        entries = list((p.logit_bias or {}).items())
-        if seq.num_output_tokens < p.min_tokens:
-            entries += [(tok, -math.inf) for tok in (*eos_ids, *p.stop_token_ids)]
-        for j, (tok, value) in enumerate(entries):
-            bias_ids[i, j], bias_values[i, j] = tok, value
+        settings[i] = (p.temperature, p.top_p, p.top_k, p.min_p, p.presence_penalty, p.frequency_penalty,
+                       p.repetition_penalty, seq.seed & 0xFFFFFFFF, seq.num_output_tokens)
+        if p.logit_bias or seq.num_output_tokens < p.min_tokens:
+            entries = list((p.logit_bias or {}).items())
+            if seq.num_output_tokens < p.min_tokens:
+                entries += [(tok, -math.inf) for tok in (*eos_ids, *p.stop_token_ids)]
+            for j, (tok, value) in enumerate(entries):
+                bias_ids[i, j], bias_values[i, j] = tok, value
         if p.uses_penalties and history_width:
             history[i, : seq.num_tokens] = seq.token_ids
             is_output[i, seq.num_prompt_tokens : seq.num_tokens] = True
+    columns = list(zip(*settings))
+    t = {name: np.asarray(col, dtype) for (name, dtype), col in zip(_SETTING_COLUMNS, columns)}
     return SamplingTensors(**t, bias_ids=bias_ids, bias_values=bias_values, history=history,
                            history_is_output=is_output)

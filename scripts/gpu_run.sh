@@ -16,12 +16,12 @@ for job in "$@"; do
     parity) timeout 150 python3 scripts/gpu_parity.py --out "$OUT/parity.json" ;;
     throughput) timeout 300 python3 -m benchmarks.throughput --model $MODEL --load-format dummy --dtype bfloat16 \
         --num-prompts 256 --input-len 128 --output-len 128 --output-json "$OUT/throughput.json" ;;
-    throughput-reference) TESSERA_ATTENTION_BACKEND=reference timeout 330 python3 -m benchmarks.throughput \
+    throughput-reference) TESSERA_ATTENTION_BACKEND=reference timeout 170 python3 -m benchmarks.throughput \
         --model $MODEL --load-format dummy --dtype bfloat16 --num-prompts 256 --input-len 128 --output-len 128 \
         --output-json "$OUT/throughput_reference.json" ;;
-    prefix) timeout 140 python3 -m benchmarks.prefix --model $MODEL --load-format dummy --dtype bfloat16 \
+    prefix) timeout 200 python3 -m benchmarks.prefix --model $MODEL --load-format dummy --dtype bfloat16 \
         --num-requests 32 --prefix-len 2000 --question-len 32 --output-len 32 --output-json "$OUT/prefix.json" ;;
-    serve) timeout 300 python3 -m benchmarks.serve --model $MODEL --load-format dummy --dtype bfloat16 \
+    serve) timeout 210 python3 -m benchmarks.serve --model $MODEL --load-format dummy --dtype bfloat16 \
         --num-prompts 256 --random-input-len 128 --random-output-len 128 --result-json "$OUT/serve.json" ;;
     *) echo "unknown job $job" ;;
   esac

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -15,19 +16,24 @@ from models.weights import ParamPath, param_shapes
 ShardingFor = Callable[[ParamPath, tuple[int, ...]], Any]
 
 
+@functools.lru_cache(maxsize=None)
+def _generator(shape: tuple[int, ...], dtype: Any, norm: bool, sharding: Any) -> Callable[[jax.Array], jax.Array]:
+    """One compiled generator per distinct (shape, kind, placement): layers share them."""
+
+    def make(key: jax.Array) -> jax.Array:
+        if norm:
+            return jnp.ones(shape, dtype)
+        return (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+
+    return jax.jit(make, out_shardings=sharding)
+
+
 def dummy_params(config: ModelConfig, seed: int = 0, sharding_for: ShardingFor | None = None) -> dict[str, Any]:
     """Normal(0, 0.02) projections and unit norms; each tensor made directly where it lives."""
-    shapes = param_shapes(config)
     key = jax.random.key(seed)
     params = {}
-    for i, (path, spec) in enumerate(sorted(shapes.items())):
+    for i, (path, spec) in enumerate(sorted(param_shapes(config).items())):
         sharding = sharding_for(path, spec.shape) if sharding_for else None
-        is_norm = path[-1] == "scale"
-
-        def make(k: jax.Array, shape: tuple[int, ...] = spec.shape, norm: bool = is_norm) -> jax.Array:
-            if norm:
-                return jnp.ones(shape, config.jnp_dtype)
-            return (0.02 * jax.random.normal(k, shape, jnp.float32)).astype(config.jnp_dtype)
-
-        params[path] = jax.jit(make, out_shardings=sharding)(jax.random.fold_in(key, i))
+        make = _generator(tuple(spec.shape), config.jnp_dtype, path[-1] == "scale", sharding)
+        params[path] = make(jax.random.fold_in(key, i))
     return unflatten_dict(params)
