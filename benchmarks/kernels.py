@@ -181,7 +181,8 @@ def correctness_pass() -> None:
     """Small poisoned cases on the GPU (compiled kernel, not interpret) against the reference."""
     q_lens, seq_lens = [1, 7, 0, 1, 20, 3, 1, 1, 64], [1, 7, 0, 33, 70, 16, 32, 300, 64]
     decode_q, decode_s = [1, 1, 0, 1, 1], [1, 95, 0, 32, 700]
-    cfgs = [None, gpu.GpuKernelConfig(rows=16, block_k=16), gpu.GpuKernelConfig(rows=64, block_k=32, kv_splits=3)]
+    cfgs = [None, gpu.GpuKernelConfig(rows=16, block_k=16),
+            gpu.GpuKernelConfig(rows=64, block_k=32, kv_splits=3)]
     cases = []
     for group, kv, d, bs in [(1, 2, 64, 16), (4, 2, 128, 16), (8, 1, 128, 32), (4, 8, 64, 32)]:
         for dtype in (jnp.bfloat16, jnp.float32):
@@ -321,7 +322,8 @@ def summary(ceil) -> None:
         peer = row.get("peer_s") or row.get("peer_cudnn_contiguous_s")
         speed = f"{peer / row['ours_s']:.2f}x" if peer and row.get("ours_s") else "-"
         log(f"| {name} | {row.get('ours_s', float('nan')) * 1e6:.1f} | {row.get(frac_key, float('nan')):.0%} "
-            f"| {peer * 1e6 if peer else float('nan'):.1f} | {speed} | {row.get('reference_s', float('nan')) * 1e6:.1f} "
+            f"| {peer * 1e6 if peer else float('nan'):.1f} | {speed} "
+            f"| {row.get('reference_s', float('nan')) * 1e6:.1f} "
             f"| {row['rel_err_vs_reference']:.1e} |")
     log(f"ceilings: copy {copy_bw / 1e12:.2f} TB/s, matmul {matmul / 1e12:.0f} TFLOP/s; "
         f"correctness {sum(c['ok'] for c in RESULTS['correctness'])}/{len(RESULTS['correctness'])} ok; "
@@ -371,10 +373,15 @@ def main() -> None:
         except Exception as e:
             RESULTS["errors"].append(f"{name}: {traceback.format_exc()}"[-3000:])
             log(f"{name}: FAILED {str(e).splitlines()[0][:300]}")
-        with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump(RESULTS, f, indent=1, default=str)
+        save(args.out)
     mixed_vs_parts()
+    save(args.out)
     summary(ceil)
+
+
+def save(out_dir: str) -> None:
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(RESULTS, f, indent=1, default=str)
 
 
 if __name__ == "__main__":
