@@ -8,8 +8,9 @@ distribution, generated locally. Completions get token-id prompts (exact lengths
 needed); chat gets text decoded from random ids.
 
 Without ``--base-url`` it starts its own server in-process; every flag it does not know goes to
-that server (``python -m engine.serve`` flags). An identical unmeasured pass runs first
-(``--warmup-passes``) so that XLA compilation stays out of the figures.
+that server (``python -m engine.serve`` flags). Identical unmeasured passes run first
+(``--warmup-passes``, until one compiles nothing) so that XLA compilation stays out of the figures;
+the programs compiled during the measured pass are counted and printed all the same.
 
   python -m benchmarks.serve --num-prompts 32 --max-concurrency 8 --random-input-len 128 --random-output-len 64
   python -m benchmarks.serve --base-url http://127.0.0.1:8000 --model smol --dataset sharegpt --request-rate 4
@@ -75,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generate exactly the sampled output length (default: on)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--vocab-size", type=int, help=f"for random ids; default: the model's, or {DEFAULT_URL_VOCAB}")
-    p.add_argument("--warmup-passes", type=int, default=1, help="unmeasured passes of the same workload first")
+    p.add_argument("--warmup-passes", type=int, default=2,
+                   help="at most this many unmeasured passes of the same workload first; they stop early once "
+                        "one compiles nothing")
     p.add_argument("--bench-seed", type=int, default=0)
     p.add_argument("--result-json", help="also write the figures to this file")
     return p
@@ -270,10 +273,14 @@ async def benchmark(base_url: str, args: argparse.Namespace, engine: Any) -> dic
             return str(client.post("/detokenize", json={"tokens": ids}).json()["prompt"])
 
         jobs = make_jobs(args, vocab, decode if has_tokenizer else None, card.get("max_model_len"))
-    for i in range(args.warmup_passes):
-        print(f"warm-up pass {i + 1}/{args.warmup_passes} ({len(jobs)} requests, unmeasured)...", flush=True)
-        await run_pass(base_url, args, model, jobs)
     async with httpx.AsyncClient(base_url=base_url) as client:
+        for i in range(args.warmup_passes):
+            compiled_before = await compilations(client)
+            print(f"warm-up pass {i + 1} of at most {args.warmup_passes} ({len(jobs)} requests, unmeasured)...",
+                  flush=True)
+            await run_pass(base_url, args, model, jobs)
+            if compiled_before is not None and await compilations(client) == compiled_before:
+                break  # this pass compiled nothing new: the measured one should not either
         compiled_before = await compilations(client)
         results, duration = await run_pass(base_url, args, model, jobs)
         compiled_after = await compilations(client)

@@ -169,8 +169,7 @@ def build_app(engine: LLMEngine, settings: ServerSettings, *, log_stats_interval
     server = ServerState(engine_loop, settings, server_metrics)
 
     def start_engine_loop() -> None:
-        if not engine_loop.alive:
-            engine_loop.start()
+        engine_loop.start()
 
     def stop_engine_loop() -> None:
         engine_loop.shutdown()

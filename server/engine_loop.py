@@ -103,6 +103,9 @@ class EngineLoop:
 
     # ---- called from the event loop ------------------------------------------------------
     def start(self) -> None:
+        """Starts the engine thread (once: a loop that has stopped stays stopped)."""
+        if self._thread is not None:
+            return
         self._thread = threading.Thread(target=self._run, name="tessera-engine", daemon=True)
         self._thread.start()
 

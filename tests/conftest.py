@@ -4,7 +4,7 @@ per test session (uvicorn on 127.0.0.1, a free port) for the server tests."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +46,17 @@ def tiny_loaded(tiny_config: ModelConfig, smollm_tokenizer: Any) -> LoadedModel:
     return LoadedModel(tiny_config, dummy_params(tiny_config, seed=0), smollm_tokenizer, "tiny", Path("tiny"))
 
 
-def tiny_engine_on(loaded: LoadedModel, **overrides: Any) -> LLMEngine:
+def _tiny_engine(loaded: LoadedModel, **overrides: Any) -> LLMEngine:
     fields: dict[str, Any] = dict(max_model_len=TINY_MAX_MODEL_LEN, max_num_seqs=16, num_gpu_blocks_override=256,
                                   compilation_cache_dir=None)
     fields.update(overrides)
     return LLMEngine(EngineConfig(**fields), loaded)
+
+
+@pytest.fixture(scope="session")
+def make_tiny_engine(tiny_loaded: LoadedModel) -> Callable[..., LLMEngine]:
+    """Builds a fresh engine on the tiny model; keyword arguments override EngineConfig fields."""
+    return lambda **overrides: _tiny_engine(tiny_loaded, **overrides)
 
 
 @dataclasses.dataclass
@@ -65,12 +71,12 @@ class RunningServer:
 
 
 @pytest.fixture(scope="session")
-def tiny_server(tiny_loaded: LoadedModel) -> Iterator[RunningServer]:
+def tiny_server(make_tiny_engine: Callable[..., LLMEngine]) -> Iterator[RunningServer]:
     """The tiny model behind the real HTTP server, served as "tiny" (and "tiny-alias"), no API key."""
     from server import ServerSettings, build_app
     from server.background import BackgroundServer
 
-    engine = tiny_engine_on(tiny_loaded)
+    engine = make_tiny_engine()
     app = build_app(engine, ServerSettings(served_model_names=["tiny", "tiny-alias"], model_root="tiny"),
                     log_stats_interval_s=None)
     with BackgroundServer(app) as background:

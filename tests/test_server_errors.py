@@ -14,7 +14,6 @@ import pytest
 from litestar.testing import TestClient
 
 from server import ServerSettings, build_app
-from tests.conftest import tiny_engine_on
 
 GOOD = {"model": "tiny", "prompt": [1, 2, 3], "max_tokens": 2, "temperature": 0}
 
@@ -116,13 +115,13 @@ def test_server_still_serves_after_bad_input(http: httpx.Client) -> None:
 
 
 # ---- servers of their own (no network: Litestar's TestClient) ------------------------------------
-def _app(tiny_loaded: Any, **settings: Any) -> Any:
-    return build_app(tiny_engine_on(tiny_loaded), ServerSettings(served_model_names=["tiny"], model_root="tiny",
-                                                                 **settings), log_stats_interval_s=None)
+def _app(make_tiny_engine: Any, **settings: Any) -> Any:
+    return build_app(make_tiny_engine(), ServerSettings(served_model_names=["tiny"], model_root="tiny", **settings),
+                     log_stats_interval_s=None)
 
 
-def test_api_key(tiny_loaded: Any) -> None:
-    with TestClient(_app(tiny_loaded, api_key="sesame")) as client:
+def test_api_key(make_tiny_engine: Any) -> None:
+    with TestClient(_app(make_tiny_engine, api_key="sesame")) as client:
         error = _error(client.get("/v1/models"), 401)  # type: ignore[arg-type]
         assert error["type"] == "AuthenticationError"
         _error(client.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401)  # type: ignore[arg-type]
@@ -132,15 +131,15 @@ def test_api_key(tiny_loaded: Any) -> None:
         assert client.get("/metrics").status_code == 200
 
 
-def test_overloaded_server_answers_503(tiny_loaded: Any) -> None:
-    with TestClient(_app(tiny_loaded, max_pending_requests=0)) as client:
+def test_overloaded_server_answers_503(make_tiny_engine: Any) -> None:
+    with TestClient(_app(make_tiny_engine, max_pending_requests=0)) as client:
         response = client.post("/v1/completions", json=GOOD)
         assert "overloaded" in _error(response, 503)["message"]  # type: ignore[arg-type]
         assert response.headers["retry-after"] == "1"
 
 
-def test_dead_engine_means_503_everywhere(tiny_loaded: Any) -> None:
-    app = _app(tiny_loaded)
+def test_dead_engine_means_503_everywhere(make_tiny_engine: Any) -> None:
+    app = _app(make_tiny_engine)
     engine = app.state.server.engine
 
     def broken_step() -> list[Any]:
