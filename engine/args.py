@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from engine.config import EngineConfig
+from sharding.cli import add_multihost_args
 
 API_KEY_ENV = "TESSERA_API_KEY"
 _SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "K": 2**10, "M": 2**20, "G": 2**30}
@@ -101,6 +102,8 @@ def build_parser(prog: str = "python -m engine.serve") -> argparse.ArgumentParse
                              "(default: %(default)s)")
     engine.add_argument("--skip-warmup", action="store_true",
                         help="do not compile the common step shapes before accepting requests")
+
+    add_multihost_args(parser)
 
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="0.0.0.0", metavar="ADDR", help="address to listen on (default: %(default)s)")

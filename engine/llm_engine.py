@@ -105,6 +105,9 @@ class LLMEngine:
             )
         self.max_num_batched_tokens = max(batched, config.max_num_seqs)
         backend = validate_backend(config.attention_backend) if config.attention_backend else default_backend()
+        if not config.attention_backend and sharding is not None and sharding.splits_heads():
+            backend = "reference"  # the Pallas kernels are not partitioned per head shard yet
+            logger.info("attention backend: reference (heads are split over the mesh)")
         self.eos_token_ids = frozenset(loaded.config.eos_token_ids) | (
             self.tokenizer.eos_token_ids if self.tokenizer is not None else frozenset()
         )

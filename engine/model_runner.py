@@ -97,6 +97,7 @@ class ModelRunner:
         if self.num_blocks < self.dp:
             raise ValueError(f"{blocks} KV blocks cannot be split over {self.dp} data-parallel replicas")
         self.kv_caches = self._allocate_cache()
+        self._settle_cache()
         multi_process = sharding is not None and jax.process_count() > 1
         self.step_channel = StepChannel(self._dummy_inputs(1, 1, 1)) if multi_process else None
 
@@ -156,6 +157,15 @@ class ModelRunner:
         if self.sharding is not None:
             out_shardings = [(self.sharding.kv_cache_sharding(),) * 2] * c.num_layers
         return jax.jit(zeros, out_shardings=out_shardings)()
+
+    def _settle_cache(self) -> None:
+        """Runs one padding-only step (the smallest decode bucket, which serving compiles anyway).
+
+        Fresh pools differ from the step's own donated outputs in something jit keys its cache
+        on, so without this the first bucket used would be compiled a second time later on.
+        """
+        tokens, seqs, width = self._buckets(1, 1, 1, decode_only=True)
+        jax.block_until_ready(self.run_step(self._dummy_inputs(tokens, seqs, width), SamplerMode(True, False, 0), None))
 
     def kv_cache_summary(self) -> str:
         tokens = self.num_blocks * self.block_size

@@ -25,6 +25,8 @@ from server.chat_template import load_chat_template
 from server.sampling import load_generation_defaults
 from server.state import ServerSettings
 from server.warmup import warm_up
+from sharding import multihost
+from sharding.cli import init_distributed_from_args
 
 logger = logging.getLogger("engine.serve")
 
@@ -68,8 +70,12 @@ def serve(args: argparse.Namespace) -> None:
         log_requests=not args.disable_log_requests,
         max_pending_requests=args.max_pending_requests,
     )
+    init_distributed_from_args(args)
     started = time.perf_counter()
     engine = LLMEngine(engine_config(args))
+    if not multihost.is_leader():  # the other hosts of a mesh replay process 0's steps
+        multihost.follow(engine)
+        return
     mc = engine.model_config
     logger.info("Loaded %s (%s, %d layers, dtype %s, max_model_len %d, %s) in %.1fs",
                 engine.model_name, mc.architecture, mc.num_layers, mc.dtype, engine.max_model_len,
@@ -85,6 +91,7 @@ def serve(args: argparse.Namespace) -> None:
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, log_level=args.uvicorn_log_level,
                             timeout_graceful_shutdown=args.graceful_shutdown_timeout)
     _Server(config).run()
+    multihost.release(engine)
     logger.info("Server stopped")
 
 

@@ -127,10 +127,13 @@ class ModelSharding:
                 flat[path] = jax.device_put(array, target)
         return unflatten_dict(flat)
 
+    def splits_heads(self) -> bool:
+        return self.axis_size(self.model_rules.q_heads) > 1
+
     def check_attention_backend(self, backend: str) -> None:
         """Warns when a Pallas kernel would see heads split over devices: XLA cannot partition
         a custom call, so it would gather the kernel's operands (the KV pools) onto every device."""
-        if backend != "reference" and self.axis_size(self.model_rules.q_heads) > 1:
+        if backend != "reference" and self.splits_heads():
             logger.warning(
                 "attention backend %r with q heads split over %d devices: the kernel is not partitioned "
                 "per head shard yet, so XLA gathers its operands; use attention_backend='reference' "

@@ -99,8 +99,10 @@ def load_model(
             source, config, sharding_for, use_checkpoint_cache,
             lambda: assemble_params(iter_safetensors(files), config, place, source=str(source)),
         )
-    tok_dir = Path(tokenizer) if tokenizer else source
-    tok = _tokenizer(tok_dir) if _has_tokenizer_files(tok_dir) else None
+    if tokenizer:
+        tok = _tokenizer(tokenizer)
+    else:
+        tok = _tokenizer(source) if _has_tokenizer_files(source) else None
     return LoadedModel(config, params, tok, source.name, source)
 
 
