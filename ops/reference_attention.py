@@ -34,20 +34,21 @@ def reference_paged_attention(
     context = blocks_per_seq * block_size
     q_padded = jnp.concatenate([q, jnp.zeros((window, num_heads, head_dim), q.dtype)])
 
-    def attend_one_sequence(s: jax.Array) -> jax.Array:
+    def attend(s: jax.Array, rows: int) -> jax.Array:
+        """Sequence ``s``'s first ``rows`` query rows against its context, padded to ``window``."""
         start = md.query_start_loc[s]
         q_len = md.query_start_loc[s + 1] - start
         seq_len = md.seq_lens[s]
-        qs = jax.lax.dynamic_slice_in_dim(q_padded, start, window).astype(jnp.float32)
-        qs = qs.reshape(window, num_kv_heads, group, head_dim)
+        qs = jax.lax.dynamic_slice_in_dim(q_padded, start, rows).astype(jnp.float32)
+        qs = qs.reshape(rows, num_kv_heads, group, head_dim)
         k = k_cache[md.block_tables[s]].reshape(context, num_kv_heads, head_dim).astype(jnp.float32)
         v = v_cache[md.block_tables[s]].reshape(context, num_kv_heads, head_dim).astype(jnp.float32)
         scores = jnp.einsum("qkgd,ckd->kgqc", qs, k) * scale
         if soft_cap is not None:
             scores = soft_cap * jnp.tanh(scores / soft_cap)
-        q_pos = seq_len - q_len + jnp.arange(window)
+        q_pos = seq_len - q_len + jnp.arange(rows)
         c_pos = jnp.arange(context)
-        mask = (c_pos[None, :] <= q_pos[:, None]) & (jnp.arange(window)[:, None] < q_len)
+        mask = (c_pos[None, :] <= q_pos[:, None]) & (jnp.arange(rows)[:, None] < q_len)
         if sliding_window is not None:
             mask &= c_pos[None, :] > q_pos[:, None] - sliding_window
         scores = jnp.where(mask, scores, -jnp.inf)
@@ -55,12 +56,19 @@ def reference_paged_attention(
         weights = jnp.exp(scores - jnp.where(jnp.isfinite(peak), peak, 0.0))
         denom = jnp.sum(weights, axis=-1, keepdims=True)
         probs = weights / jnp.where(denom > 0, denom, 1.0)
-        out = jnp.einsum("kgqc,ckd->qkgd", probs, v)
-        return out.reshape(window, num_heads, head_dim)
+        out = jnp.einsum("kgqc,ckd->qkgd", probs, v).reshape(rows, num_heads, head_dim)
+        return jnp.pad(out, ((0, window - rows), (0, 0), (0, 0)))
 
-    per_seq = jax.lax.map(
-        attend_one_sequence, jnp.arange(num_seqs), batch_size=num_seqs if window == 1 else 1
-    )
+    if window == 1:
+        per_seq = jax.vmap(lambda s: attend(s, 1))(jnp.arange(num_seqs))
+    else:
+        # One sequence at a time; decode and padding sequences (q_len <= 1) take a one-row
+        # branch, so a mixed step does not pay a prefill-sized window for every decode.
+        def attend_one_sequence(s: jax.Array) -> jax.Array:
+            q_len = md.query_start_loc[s + 1] - md.query_start_loc[s]
+            return jax.lax.cond(q_len <= 1, lambda: attend(s, 1), lambda: attend(s, window))
+
+        per_seq = jax.lax.map(attend_one_sequence, jnp.arange(num_seqs))
     seq, row = token_to_sequence(md.query_start_loc, num_tokens)
     out = per_seq[seq, jnp.minimum(row, window - 1)]
     valid = jnp.arange(num_tokens) < md.query_start_loc[-1]
