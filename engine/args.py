@@ -108,6 +108,9 @@ def build_parser(prog: str = "python -m engine.serve") -> argparse.ArgumentParse
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="0.0.0.0", metavar="ADDR", help="address to listen on (default: %(default)s)")
     server.add_argument("--port", type=int, default=8000, metavar="N", help="port to listen on (default: %(default)s)")
+    server.add_argument("--api-server-count", type=human_int, default=1, metavar="N",
+                        help="HTTP server processes sharing the port (SO_REUSEPORT), all talking to the one "
+                             "engine-core process (default: %(default)s)")
     server.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), metavar="KEY",
                         help=f"require 'Authorization: Bearer KEY' on /v1 and tokenizer routes "
                              f"(default: ${API_KEY_ENV})")

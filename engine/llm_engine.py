@@ -134,6 +134,8 @@ class LLMEngine:
             self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, self.max_num_batched_tokens,
                                        config.enable_chunked_prefill)
         self.requests: dict[str, RequestState] = {}
+        # False: token ids only, no text and no stop strings (the engine core; its API servers make the text)
+        self.detokenize = True
         self._rng = random.Random(config.seed)
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
@@ -189,7 +191,7 @@ class LLMEngine:
         base_seed = params.seed if params.seed is not None else self._rng.getrandbits(32)
         seqs = [Sequence(request_id, i, ids, params, base_seed + i, max_tokens, arrival_time)
                 for i in range(params.n)]
-        checkers = [StopChecker(self.tokenizer, ids, params, self.eos_token_ids) for _ in seqs]
+        checkers = [StopChecker(self.tokenizer if self.detokenize else None, ids, params, self.eos_token_ids) for _ in seqs]
         for child in seqs[1:]:  # the other samples share sample 0's prompt blocks once computed
             child.awaiting_fork = True
         seqs[0].forks = seqs[1:]
@@ -280,7 +282,9 @@ class LLMEngine:
                 seq.params.prompt_logprobs or 0))
 
     def _token_text(self, token: int) -> str | None:
-        return self.tokenizer.decode([token], skip_special_tokens=False) if self.tokenizer else None
+        if self.tokenizer is None or not self.detokenize:
+            return None
+        return self.tokenizer.decode([token], skip_special_tokens=False)
 
     def _request_output(self, state: RequestState) -> RequestOutput:
         outputs = []

@@ -1,109 +1,116 @@
 """``python -m engine.serve [MODEL] [flags]``: the OpenAI-compatible API server.
 
-Start-up logs the settings, the model and KV cache, warm-up compilation, then the URL. SIGINT or
-SIGTERM stops accepting connections, lets in-flight requests finish (up to
---graceful-shutdown-timeout, then aborts them), stops the engine and exits 0.
+Three kinds of process (docs/architecture.md): this one, which starts the others and runs API server
+0; the engine core (scheduler, KV blocks, model runner: nothing but steps; engine/core/); and
+``--api-server-count - 1`` more API servers on the same port. Start-up logs the settings, waits
+for the core to load the model, then serves (/health answers 503 while the core warms up).
+SIGINT or SIGTERM drains every API server (up to --graceful-shutdown-timeout), then stops the
+core, and exits 0. If the core dies, every API server answers 503 and exits 1, and so does this
+process. Children die with this process, whatever kills it.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import logging
-import signal
-import socket
+import multiprocessing
+import os
 import sys
-import time
-from collections.abc import Generator
 
-import uvicorn
-
-from engine.args import describe, engine_config, parse_args
-from engine.llm_engine import LLMEngine
-from server.app import build_app, tessera_version
+from engine.args import describe, parse_args
+from engine.core.process import CoreProcess, CoreSpec, CoreStartError
+from engine.core.transport import CoreAddresses
+from engine.launch import build_engine, configure_logging, is_follower, release_followers
+from server.api_server import ApiServerSpec, api_server_main, listening_socket, run_api_server
+from server.app import tessera_version
 from server.chat_template import load_chat_template
 from server.sampling import load_generation_defaults
 from server.state import ServerSettings
 from server.warmup import warm_up
 from sharding import multihost
-from sharding.cli import init_distributed_from_args
 
 logger = logging.getLogger("engine.serve")
 
-STATS_INTERVAL_S = 10.0
+STOP_GRACE_S = 10.0
 
 
-class _Server(uvicorn.Server):
-    """uvicorn, minus re-raising the caught signal after a graceful shutdown (so the exit code is 0)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        handled = (signal.SIGINT, signal.SIGTERM)
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if self.started:
-            host, port = self.servers[0].sockets[0].getsockname()[:2]
-            logger.info("Tessera API server ready on http://%s:%d (OpenAI base_url http://%s:%d/v1, docs at /docs)",
-                        host, port, host, port)
-
-
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s [%(name)s] %(message)s",
-                        datefmt="%m-%d %H:%M:%S")
-    for noisy in ("jax", "absl"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def serve(args: argparse.Namespace) -> None:
+def serve(args: argparse.Namespace) -> int:
     logger.info("Tessera %s starting with %s", tessera_version(), describe(args))
     settings_without_names = dict(
         api_key=args.api_key,
         chat_template=load_chat_template(args.chat_template),
         generation_defaults=load_generation_defaults(args.generation_config, args.model),
         log_requests=not args.disable_log_requests,
-        max_pending_requests=args.max_pending_requests,
+        max_pending_requests=_per_server(args.max_pending_requests, args.api_server_count),
     )
-    init_distributed_from_args(args)
-    started = time.perf_counter()
-    engine = LLMEngine(engine_config(args))
-    if not multihost.is_leader():  # the other hosts of a mesh replay process 0's steps
-        multihost.follow(engine)
-        return
-    mc = engine.model_config
-    logger.info("Loaded %s (%s, %d layers, dtype %s, max_model_len %d, %s) in %.1fs",
-                engine.model_name, mc.architecture, mc.num_layers, mc.dtype, engine.max_model_len,
-                "with tokenizer" if engine.tokenizer is not None else "no tokenizer: token-id prompts only",
-                time.perf_counter() - started)
-    if not args.skip_warmup:
-        warm_up(engine)
-    settings = ServerSettings(served_model_names=args.served_model_name or [engine.model_name],
-                              model_root=args.model or engine.model_name, **settings_without_names)
+    if is_follower(args):  # the other hosts of a mesh replay process 0's steps, in this process
+        multihost.follow(build_engine(args))
+        return 0
+    core = CoreProcess(CoreSpec(
+        build=functools.partial(build_engine, args), addresses=CoreAddresses.in_new_directory(args.api_server_count),
+        warm_up=None if args.skip_warmup else warm_up, setup_logging=configure_logging, finish=release_followers,
+    ))
+    try:
+        model = core.wait_for_model()
+    except CoreStartError as err:
+        core.stop()
+        raise ValueError(str(err)) from None
+    settings = ServerSettings(served_model_names=args.served_model_name or [model.name],
+                              model_root=args.model or model.name, **settings_without_names)
     if settings.api_key:
         logger.info("API key required on /v1 routes")
-    app = build_app(engine, settings, log_stats_interval_s=None if args.disable_log_stats else STATS_INTERVAL_S)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, log_level=args.uvicorn_log_level,
-                            timeout_graceful_shutdown=args.graceful_shutdown_timeout)
-    _Server(config).run()
-    multihost.release(engine)
-    logger.info("Server stopped")
+    try:
+        return _serve_http(args, core, model, settings)
+    finally:
+        core.stop(STOP_GRACE_S)
+        logger.info("Server stopped")
+
+
+def _serve_http(args: argparse.Namespace, core: CoreProcess, model: object, settings: ServerSettings) -> int:
+    many = args.api_server_count > 1
+    sock = listening_socket(args.host, args.port, reuse_port=many)
+    specs = [ApiServerSpec(index=i, addresses=core.addresses, model=model, settings=settings,  # type: ignore[arg-type]
+                           host=args.host, port=sock.getsockname()[1],
+                           graceful_shutdown_timeout=args.graceful_shutdown_timeout,
+                           uvicorn_log_level=args.uvicorn_log_level, log_stats=i == 0 and not args.disable_log_stats,
+                           setup_logging=configure_logging)
+             for i in range(args.api_server_count)]
+    context = multiprocessing.get_context("spawn")
+    others = [context.Process(target=api_server_main, args=(spec, core.pid, os.getpid()), name=f"api-server-{spec.index}")
+              for spec in specs[1:]]
+    for process in others:
+        process.start()
+
+    def drain_others() -> None:
+        for process in others:
+            if process.is_alive():
+                process.terminate()  # SIGTERM: each drains its own requests
+
+    code = run_api_server(specs[0], sock, core.is_alive, on_signal=drain_others)
+    drain_others()
+    for process in others:
+        process.join(args.graceful_shutdown_timeout + STOP_GRACE_S)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        code = code or (1 if process.exitcode else 0)
+    return code
+
+
+def _per_server(max_pending: int, count: int) -> int:
+    """--max-pending-requests is for the whole server: each API server takes its share."""
+    return max(1, -(-max_pending // count)) if max_pending > 0 else max_pending
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m engine.serve") -> int:
     args = parse_args(argv, prog)
     configure_logging()
     try:
-        serve(args)
+        return serve(args)
     except (ValueError, FileNotFoundError) as err:
         logger.error("Cannot start: %s", err)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The Litestar application: routes, API-key guard, OpenAPI docs, engine-loop lifespan."""
+"""The Litestar application: routes, API-key guard, OpenAPI docs, and the lifespan of its link to
+the engine core (connected on start-up, closed on shutdown)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,11 @@ from litestar.params import FromPath, JSONBody
 from msgspec import Struct
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from engine.llm_engine import LLMEngine
 from server.chat import create_chat_completion
 from server.chat_template import render_chat
 from server.completions import create_completion
 from server.engine_loop import EngineLoop
 from server.errors import EXCEPTION_HANDLERS, APIError, bad_request, error_response
-from server.metrics import ServerMetrics
 from server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -76,9 +75,12 @@ async def _log_unknown_fields(request: Request[Any, Any, Any], request_type: typ
 # ---- open routes ---------------------------------------------------------------------------
 @get("/health", sync_to_thread=False)
 def health(state: State) -> Response[Any]:
-    if _server(state).engine_loop.alive:
-        return Response(b"", media_type="text/plain")
-    return error_response(503, "The engine has stopped; this server cannot serve requests.")
+    engine_loop = _server(state).engine_loop
+    if not engine_loop.alive:
+        return error_response(503, "The engine has stopped; this server cannot serve requests.")
+    if not engine_loop.ready:
+        return error_response(503, f"The engine is warming up ({engine_loop.status_detail}).")
+    return Response(b"", media_type="text/plain")
 
 
 @get("/version", sync_to_thread=False)
@@ -108,7 +110,7 @@ def retrieve_model(state: State, model_id: FromPath[str]) -> ModelCard:
 
 def _model_card(server: ServerState, name: str) -> ModelCard:
     return ModelCard(id=name, created=server.created, root=server.settings.model_root,
-                     max_model_len=server.engine.max_model_len)
+                     max_model_len=server.model.max_model_len)
 
 
 @post("/v1/completions", guards=[require_api_key], status_code=200,
@@ -135,7 +137,7 @@ async def tokenize(data: JSONBody[TokenizeRequest], request: Request[Any, Any, A
     server.resolve_model(data.model)
     if (data.prompt is None) == (data.messages is None):
         raise bad_request("send either prompt or messages")
-    tokenizer = server.engine.tokenizer
+    tokenizer = server.model.tokenizer
     if tokenizer is None:
         raise bad_request("this model was loaded without a tokenizer")
     if data.messages is not None:
@@ -143,7 +145,7 @@ async def tokenize(data: JSONBody[TokenizeRequest], request: Request[Any, Any, A
                           chat_template=None, template_kwargs=data.chat_template_kwargs)
     else:
         ids = tokenizer.encode(data.prompt or "", add_special_tokens=data.add_special_tokens)
-    return TokenizeResponse(count=len(ids), max_model_len=server.engine.max_model_len, tokens=ids)
+    return TokenizeResponse(count=len(ids), max_model_len=server.model.max_model_len, tokens=ids)
 
 
 @post("/detokenize", guards=[require_api_key], status_code=200)
@@ -152,35 +154,26 @@ async def detokenize(data: JSONBody[DetokenizeRequest], request: Request[Any, An
     await _log_unknown_fields(request, DetokenizeRequest)
     server = _server(state)
     server.resolve_model(data.model)
-    if server.engine.tokenizer is None:
+    if server.model.tokenizer is None:
         raise bad_request("this model was loaded without a tokenizer")
-    vocab = server.engine.model_config.vocab_size
+    vocab = server.model.vocab_size
     bad = [t for t in data.tokens if not 0 <= t < vocab]
     if bad:
         raise bad_request(f"token id {bad[0]} is out of range for a vocabulary of {vocab}", "tokens")
     return DetokenizeResponse(prompt=server.decode(data.tokens))
 
 
-def build_app(engine: LLMEngine, settings: ServerSettings, *, log_stats_interval_s: float | None = 10.0) -> Litestar:
-    """The app with its engine loop (``app.state.server.engine_loop``), started and stopped by the lifespan."""
-    engine_loop: EngineLoop
-    server_metrics = ServerMetrics(settings.served_model_names[0], lambda: engine_loop.stats)
-    engine_loop = EngineLoop(engine, server_metrics, log_stats_interval_s)
-    server = ServerState(engine_loop, settings, server_metrics)
-
-    def start_engine_loop() -> None:
-        engine_loop.start()
-
-    def stop_engine_loop() -> None:
-        engine_loop.shutdown()
+def build_app(engine_loop: EngineLoop, settings: ServerSettings) -> Litestar:
+    """The app around its link to the engine core, which the lifespan connects and closes."""
+    server = ServerState(engine_loop, settings, engine_loop.metrics)
 
     return Litestar(
         route_handlers=[health, version, metrics, list_models, retrieve_model, completions, chat_completions,
                         tokenize, detokenize],
         state=State({"server": server}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        on_startup=[start_engine_loop],
-        on_shutdown=[stop_engine_loop],
+        on_startup=[engine_loop.start],
+        on_shutdown=[engine_loop.shutdown],
         logging_config=None,  # logging is the embedding program's choice (engine/serve.py)
         openapi_config=OpenAPIConfig(
             title="Tessera", version=tessera_version(), path="/docs",

@@ -1,12 +1,26 @@
-"""uvicorn in a background thread: for tests and the benchmark's in-process server."""
+"""uvicorn in a background thread, and a whole local server (engine-core process + API server
+thread): for tests and the benchmark's own server."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+from litestar import Litestar
+
+from engine.core.process import CoreProcess, CoreSpec
+from engine.core.served_model import ServedModel
+from engine.core.transport import CoreAddresses
+from engine.llm_engine import LLMEngine
+from server.api_server import ApiServerSpec, build_engine_loop
+from server.app import build_app
+from server.engine_loop import EngineLoop
+from server.state import ServerSettings
+
+READY_TIMEOUT_S = 300.0
 
 
 class BackgroundServer:
@@ -39,10 +53,61 @@ class BackgroundServer:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         self.server.should_exit = True
-        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
 
     def __enter__(self) -> BackgroundServer:
         return self.start()
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+class LocalServer:
+    """An engine-core process plus an API server in a background thread of this process: the
+    multi-process server in one object, for tests and the serving benchmark. ``app_for`` builds
+    more apps on the same core (API server indexes 1..num_api_servers-1)."""
+
+    def __init__(self, build: Callable[[], LLMEngine], settings_for: Callable[[ServedModel], ServerSettings],
+                 num_api_servers: int = 1, warm_up: Callable[[LLMEngine], None] | None = None) -> None:
+        self.core = CoreProcess(CoreSpec(build=build, addresses=CoreAddresses.in_new_directory(num_api_servers),
+                                         warm_up=warm_up))
+        try:
+            self.model = self.core.wait_for_model()
+        except BaseException:
+            self.core.stop()
+            raise
+        self.settings = settings_for(self.model)
+        self.app = self.app_for(0, self.settings)
+        self.background = BackgroundServer(self.app)
+
+    @property
+    def engine_loop(self) -> EngineLoop:
+        loop: EngineLoop = self.app.state.server.engine_loop
+        return loop
+
+    @property
+    def url(self) -> str:
+        return self.background.url
+
+    def app_for(self, index: int, settings: ServerSettings) -> Litestar:
+        spec = ApiServerSpec(index=index, addresses=self.core.addresses, model=self.model, settings=settings,
+                             host="127.0.0.1", port=0, log_stats=False)
+        return build_app(build_engine_loop(spec, self.core.is_alive), settings)
+
+    def __enter__(self) -> LocalServer:
+        try:
+            self.background.start()
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while not self.engine_loop.ready:
+                if not self.engine_loop.alive or time.monotonic() > deadline:
+                    raise RuntimeError("the engine core did not become ready")
+                time.sleep(0.05)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.background.stop()
+        self.core.stop()

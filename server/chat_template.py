@@ -50,7 +50,7 @@ def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
 def render_chat(state: ServerState, messages: list[ChatMessage], *, add_generation_prompt: bool,
                 chat_template: str | None, template_kwargs: dict[str, Any] | None) -> list[int]:
     """The prompt's token ids. The rendered text already holds any special tokens it needs."""
-    tokenizer = state.engine.tokenizer
+    tokenizer = state.model.tokenizer
     if tokenizer is None:
         raise bad_request("this model was loaded without a tokenizer, so it has no chat template", "messages")
     if not messages:

@@ -1,28 +1,36 @@
-"""The engine loop: one background thread owns the LLMEngine and drives it step by step.
+"""The API server's link to the engine core (another process): requests out, outputs back.
 
-Requests and aborts reach it through a thread-safe queue and are applied between steps; each
-request's outputs go back to its own asyncio queue (a RequestStream) on the event loop that
-submitted it, through ``loop.call_soon_threadsafe``. If the thread dies, every waiting request
-gets an EngineDeadError and ``alive`` turns false (the server answers 503).
+``add_request`` sends the prompt's token ids to the core and waits for its admission (a ValueError
+from the engine is raised here, as a 400); each admitted request gets a RequestTracker that turns
+the core's per-step token deltas into text (detokenization and stop strings happen here, not in
+the core) and a RequestStream the handler reads. The core's stats arrive with every step and feed
+/metrics. If the core dies (its process is gone, or it says it failed), every waiting request gets
+an EngineDeadError, ``alive`` turns false (/health answers 503) and ``on_core_death`` runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
-import queue
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 
-from engine.llm_engine import EngineStats, LLMEngine
+from engine.core.client import CoreClient
+from engine.core.messages import AbortRequests, AddRequest, CoreStatus, Hello, StepOutputs
+from engine.core.output_processor import RequestTracker
+from engine.core.served_model import ServedModel
+from engine.core.transport import CoreAddresses
+from engine.llm_engine import EngineStats
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from server.metrics import ServerMetrics
 from server.stats_log import StatsLogger
 
 logger = logging.getLogger(__name__)
+
+LIVENESS_POLL_S = 0.1
 
 
 class EngineDeadError(RuntimeError):
@@ -32,9 +40,8 @@ class EngineDeadError(RuntimeError):
 class RequestStream:
     """The outputs of one engine request, consumed on the event loop that submitted it."""
 
-    def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, request_id: str) -> None:
         self.request_id = request_id
-        self.loop = loop
         self.finished = False
         self._queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
 
@@ -57,174 +64,140 @@ class RequestStream:
 
 
 @dataclasses.dataclass
-class _Add:
-    request_id: str
-    prompt: list[int]
-    params: SamplingParams
-    arrival: float
-    stream: RequestStream
-    admitted: asyncio.Future[None]
-
-
-@dataclasses.dataclass
-class _Abort:
-    request_id: str
-
-
-class _Stop:
-    pass
-
-
-_Command = _Add | _Abort | _Stop
-
-
-@dataclasses.dataclass
 class _Tracked:
+    tracker: RequestTracker
     stream: RequestStream
     arrival: float
+    admitted: asyncio.Future[None]
     num_tokens: int = 0
     last_token_time: float | None = None
 
 
 class EngineLoop:
-    def __init__(self, engine: LLMEngine, metrics: ServerMetrics | None = None,
-                 log_stats_interval_s: float | None = 10.0) -> None:
-        self.engine = engine
+    def __init__(self, addresses: CoreAddresses, client_index: int, model: ServedModel,
+                 core_alive: Callable[[], bool], metrics: ServerMetrics | None = None,
+                 log_stats_interval_s: float | None = 10.0,
+                 on_core_death: Callable[[], None] | None = None) -> None:
+        self.addresses = addresses
+        self.client_index = client_index
+        self.model = model
         self.metrics = metrics
-        self.error: BaseException | None = None
-        self.stats: EngineStats = engine.stats()  # refreshed by the engine thread after every step
+        self.stats = EngineStats(0, 0, 0.0, 0, 0, 0, 0, 0, 0, 0, 0)  # the core's, as of its latest message
+        self.ready = False
+        self.status_detail = "waiting for the engine core"
+        self._core_alive = core_alive
+        self._on_core_death = on_core_death
         self._stats_logger = StatsLogger(log_stats_interval_s, self.stats) if log_stats_interval_s else None
-        self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
-        self._tracked: dict[str, _Tracked] = {}  # engine thread only
-        self._lock = threading.Lock()
-        self._closed = False
-        self._pending = 0  # admitted or queued requests not yet finished; under _lock
-        self._thread: threading.Thread | None = None
+        self._tracked: dict[str, _Tracked] = {}
+        self._client: CoreClient | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._dead = False
 
-    # ---- called from the event loop ------------------------------------------------------
-    def start(self) -> None:
-        """Starts the engine thread (once: a loop that has stopped stays stopped)."""
-        if self._thread is not None:
+    # ---- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._client is not None:
             return
-        self._thread = threading.Thread(target=self._run, name="tessera-engine", daemon=True)
-        self._thread.start()
+        self._client = CoreClient(self.addresses, self.client_index)
+        self._client.send(Hello(self.client_index))
+        self._tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._watch())]
+
+    async def shutdown(self) -> None:
+        """Ends what still waits here (the core is stopped by whoever started it)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._fail_all(EngineDeadError("The server is shutting down."), abort=True)
+        if self._client is not None:
+            self._client.close()
+        self._dead = True
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._closed
+        return self._client is not None and not self._dead
 
     @property
     def num_pending(self) -> int:
-        return self._pending
+        return len(self._tracked)
 
+    # ---- requests ----------------------------------------------------------------------------
     async def add_request(self, request_id: str, prompt: list[int], params: SamplingParams,
                           arrival_time: float | None = None) -> RequestStream:
-        """Hands the request to the engine thread; a ValueError from the engine is raised here."""
-        loop = asyncio.get_running_loop()
-        stream = RequestStream(request_id, loop)
-        admitted: asyncio.Future[None] = loop.create_future()
-        command = _Add(request_id, prompt, params, arrival_time or time.monotonic(), stream, admitted)
-        with self._lock:
-            if self._closed or self._thread is None:
-                raise EngineDeadError("the engine is not running")
-            self._pending += 1
-            self._commands.put(command)
+        """Hands the request to the core; the engine's ValueError (too long, bad ids) is raised here."""
+        if not self.alive or self._client is None:
+            raise EngineDeadError("The engine has stopped; this server cannot serve requests.")
+        if request_id in self._tracked:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        arrival = arrival_time or time.monotonic()
+        tracked = _Tracked(RequestTracker(request_id, prompt, params, self.model), RequestStream(request_id),
+                           arrival, asyncio.get_running_loop().create_future())
+        self._tracked[request_id] = tracked
+        if not self._client.send(AddRequest(request_id, self.client_index, prompt, params, arrival)):
+            del self._tracked[request_id]
+            raise EngineDeadError("The engine is not taking requests; this server cannot serve requests.")
         try:
-            await admitted
+            await tracked.admitted
         except asyncio.CancelledError:
             self.abort(request_id)
             raise
-        return stream
+        return tracked.stream
 
     def abort(self, request_id: str) -> None:
-        with self._lock:
-            if not self._closed:
-                self._commands.put(_Abort(request_id))
+        tracked = self._tracked.pop(request_id, None)
+        if tracked is None:
+            return
+        if self._client is not None and not self._dead:
+            self._client.send(AbortRequests([request_id]))
+        if self.metrics is not None:
+            self.metrics.request_aborted()
 
-    def shutdown(self, timeout: float | None = 30.0) -> None:
-        """Aborts what is still running and stops the thread."""
-        with self._lock:
-            if not self._closed:
-                self._commands.put(_Stop())
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    # ---- the engine thread ---------------------------------------------------------------
-    def _run(self) -> None:
-        try:
-            self._serve()
-        except BaseException as exc:
-            self.error = exc
-            logger.exception("The engine loop died; the server now answers 503")
-        finally:
-            self._close()
-
-    def _serve(self) -> None:
+    # ---- the core's messages -------------------------------------------------------------------
+    async def _receive(self) -> None:
+        assert self._client is not None
         while True:
-            idle = not self.engine.has_unfinished_requests()
-            for command in self._next_commands(block=idle):
-                if isinstance(command, _Stop):
-                    return
-                self._apply(command)
-            if self.engine.has_unfinished_requests():
-                compiled_before = self.stats.num_compilations
-                started = time.perf_counter()
-                self._deliver(self.engine.step())
-                self.stats = self.engine.stats()
-                new_programs = self.stats.num_compilations - compiled_before
-                if new_programs:
-                    logger.info("Compiled %d new program(s) for a new batch shape (%d so far); the step took %.2fs",
-                                new_programs, self.stats.num_compilations, time.perf_counter() - started)
+            message = await self._client.receive()
+            if isinstance(message, CoreStatus):
+                self._on_status(message)
             else:
-                self.stats = self.engine.stats()
-            if self._stats_logger is not None:
-                self._stats_logger.maybe_log(self.stats)
+                self._on_step(message)
 
-    def _next_commands(self, block: bool) -> list[_Command]:
-        commands: list[_Command] = []
-        if block:
-            try:
-                commands.append(self._commands.get(timeout=1.0))
-            except queue.Empty:
-                return commands
-        while True:
-            try:
-                commands.append(self._commands.get_nowait())
-            except queue.Empty:
-                return commands
+    def _on_status(self, status: CoreStatus) -> None:
+        self.status_detail = status.detail
+        if status.phase == "ready":
+            self.ready = True
+            logger.info("The engine core is ready")
+        elif status.phase == "failed":
+            self._core_died(f"the engine core failed ({status.detail})")
 
-    def _apply(self, command: _Add | _Abort) -> None:
-        if isinstance(command, _Abort):
-            if self._tracked.pop(command.request_id, None) is not None:
-                self.engine.abort_request(command.request_id)
-                self._finished_one()
-                if self.metrics is not None:
-                    self.metrics.request_aborted()
-            return
-        try:
-            self.engine.add_request(command.request_id, command.prompt, command.params, command.arrival)
-        except ValueError as err:
-            self._finished_one()
-            _call_on(command.stream.loop, _settle, command.admitted, err)
-            return
-        self._tracked[command.request_id] = _Tracked(command.stream, command.arrival)
-        _call_on(command.stream.loop, _settle, command.admitted, None)
-
-    def _deliver(self, outputs: list[RequestOutput]) -> None:
-        now = time.monotonic()
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[RequestStream, RequestOutput]]] = {}
-        for out in outputs:
-            tracked = self._tracked.get(out.request_id)
+    def _on_step(self, step: StepOutputs) -> None:
+        self.stats = EngineStats(*(getattr(step.stats, f.name) for f in dataclasses.fields(EngineStats)))
+        for admission in step.admissions:
+            tracked = self._tracked.get(admission.request_id)
+            if tracked is None or tracked.admitted.done():
+                continue
+            if admission.error is None:
+                tracked.admitted.set_result(None)
+            else:
+                del self._tracked[admission.request_id]
+                tracked.admitted.set_exception(ValueError(admission.error))
+        touched: dict[str, _Tracked] = {}
+        for delta in step.deltas:
+            tracked = self._tracked.get(delta.request_id)
             if tracked is None:
                 continue
-            out = _snapshot(out)
+            if tracked.tracker.apply(delta) and self._client is not None:
+                self._client.send(AbortRequests([delta.request_id]))  # a stop string ended it here
+            touched[delta.request_id] = tracked
+        now = time.monotonic()
+        for request_id, tracked in touched.items():
+            out = tracked.tracker.output()
             self._observe(tracked, out, now)
-            by_loop.setdefault(tracked.stream.loop, []).append((tracked.stream, out))
+            tracked.stream.put(out)
             if out.finished:
-                del self._tracked[out.request_id]
-                self._finished_one()
-        for loop, items in by_loop.items():
-            _call_on(loop, _put_all, items)
+                del self._tracked[request_id]
+        if self._stats_logger is not None:
+            self._stats_logger.maybe_log(self.stats)
 
     def _observe(self, tracked: _Tracked, out: RequestOutput, now: float) -> None:
         if self.metrics is None:
@@ -241,58 +214,27 @@ class EngineLoop:
             reason = out.outputs[0].finish_reason or "stop"
             self.metrics.request_finished(reason, now - tracked.arrival, len(out.prompt_token_ids), total)
 
-    def _finished_one(self) -> None:
-        with self._lock:
-            self._pending -= 1
+    # ---- the core's death ----------------------------------------------------------------------
+    async def _watch(self) -> None:
+        while self._core_alive():
+            await asyncio.sleep(LIVENESS_POLL_S)
+        self._core_died("the engine core process has exited")
 
-    def _close(self) -> None:
-        with self._lock:
-            self._closed = True
-            leftover = []
-            while True:
-                try:
-                    leftover.append(self._commands.get_nowait())
-                except queue.Empty:
-                    break
-        error = EngineDeadError("The engine has stopped; this server cannot serve requests.")
-        for command in leftover:
-            if isinstance(command, _Add):
-                _call_on(command.stream.loop, _settle, command.admitted, error)
-        for request_id, tracked in self._tracked.items():
-            try:
-                self.engine.abort_request(request_id)
-            except Exception:  # a dead engine may not abort cleanly; the error is already logged
-                pass
-            _call_on(tracked.stream.loop, tracked.stream.put, error)
+    def _core_died(self, why: str) -> None:
+        if self._dead:
+            return
+        logger.error("%s; every in-flight request ends with an error and /health answers 503", why.capitalize())
+        self._dead = True
+        self._fail_all(EngineDeadError("The engine has stopped; this server cannot serve requests."), abort=False)
+        if self._on_core_death is not None:
+            self._on_core_death()
+
+    def _fail_all(self, error: EngineDeadError, abort: bool) -> None:
+        for request_id, tracked in list(self._tracked.items()):
+            if abort and self._client is not None and not self._dead:
+                self._client.send(AbortRequests([request_id]))
+            if not tracked.admitted.done():
+                tracked.admitted.set_exception(error)
+            else:
+                tracked.stream.put(error)
         self._tracked.clear()
-        self._pending = 0
-
-
-def _snapshot(out: RequestOutput) -> RequestOutput:
-    """Copies the per-token logprob lists, which the engine keeps appending to after this step."""
-    if all(o.logprobs is None for o in out.outputs):
-        return out
-    outputs = [dataclasses.replace(o, logprobs=list(o.logprobs)) if o.logprobs is not None else o
-               for o in out.outputs]
-    return dataclasses.replace(out, outputs=outputs)
-
-
-def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():  # the client went away meanwhile
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
-
-
-def _put_all(items: list[tuple[RequestStream, RequestOutput]]) -> None:
-    for stream, out in items:
-        stream.put(out)
-
-
-def _call_on(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args: object) -> None:
-    try:
-        loop.call_soon_threadsafe(callback, *args)
-    except RuntimeError:  # that event loop has closed: nobody is listening any more
-        pass

@@ -1,4 +1,5 @@
-"""What every handler shares: the engine loop, the served names and the server's settings."""
+"""What every handler shares: the link to the engine core, the served model and names, and the
+server's settings."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import time
 import uuid
 from typing import Any
 
-from engine.llm_engine import LLMEngine
+from engine.core.served_model import ServedModel
 from engine.sampling_params import SamplingParams
 from server.engine_loop import EngineLoop
-from server.errors import APIError, from_value_error
+from server.errors import APIError, bad_request
 from server.metrics import ServerMetrics
 
 logger = logging.getLogger("server.requests")
@@ -36,7 +37,7 @@ class ServerState:
                  metrics: ServerMetrics | None = None) -> None:
         self.engine_loop = engine_loop
         self.metrics = metrics
-        self.engine: LLMEngine = engine_loop.engine
+        self.model: ServedModel = engine_loop.model
         self.settings = settings
         self.created = int(time.time())
 
@@ -55,22 +56,24 @@ class ServerState:
     def check_capacity(self) -> None:
         if not self.engine_loop.alive:
             raise APIError(503, "The engine has stopped; this server cannot serve requests.")
+        if not self.engine_loop.ready:
+            raise APIError(503, f"The engine is warming up ({self.engine_loop.status_detail}); retry later.",
+                           headers={"Retry-After": "5"})
         if self.engine_loop.num_pending >= self.settings.max_pending_requests:
             raise APIError(503, f"The server is overloaded ({self.engine_loop.num_pending} requests pending); "
                                 "retry later.", headers={"Retry-After": "1"})
 
     def encode(self, prompt: str | list[int], params: SamplingParams) -> list[int]:
-        """Token ids of a prompt, checked against the vocabulary and the context length (400s)."""
-        try:
-            _, ids = self.engine.encode_prompt(prompt)
-            self.engine.check_length(len(ids), params)
-        except ValueError as err:
-            raise from_value_error(err) from None
-        return ids
+        """Token ids of a prompt. The engine core checks them against the vocabulary and the context
+        length when it admits the request (its ValueError becomes a 400 there)."""
+        if isinstance(prompt, list):
+            return [int(t) for t in prompt]
+        if self.model.tokenizer is None:
+            raise bad_request("this model was loaded without a tokenizer: pass prompt token ids", "prompt")
+        return self.model.tokenizer.encode(prompt)
 
     def decode(self, ids: list[int]) -> str:
-        tokenizer = self.engine.tokenizer
-        return tokenizer.decode(ids, skip_special_tokens=False) if tokenizer is not None else ""
+        return self.model.decode(ids)
 
     def log_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> None:
         if self.settings.log_requests:

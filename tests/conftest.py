@@ -3,7 +3,6 @@ per test session (uvicorn on 127.0.0.1, a free port) for the server tests."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,7 @@ from models.config import ModelConfig
 from models.loaders import LoadedModel
 from models.loaders.dummy import dummy_params
 from tests.tiny_models import tiny_config as make_tiny_config
-
-SMOLLM2_VOCAB = 49152
-TINY_MAX_MODEL_LEN = 512
+from tests.tiny_server import SMOLLM2_VOCAB, TINY_MAX_MODEL_LEN
 
 
 @pytest.fixture(scope="session")
@@ -59,25 +56,19 @@ def make_tiny_engine(tiny_loaded: LoadedModel) -> Callable[..., LLMEngine]:
     return lambda **overrides: _tiny_engine(tiny_loaded, **overrides)
 
 
-@dataclasses.dataclass
-class RunningServer:
-    url: str
-    app: Any
-    engine: LLMEngine
-
-    @property
-    def engine_loop(self) -> Any:
-        return self.app.state.server.engine_loop
+TINY_API_SERVERS = 4  # API server 0 is the session server; 1..3 are for tests that build their own app
 
 
 @pytest.fixture(scope="session")
-def tiny_server(make_tiny_engine: Callable[..., LLMEngine]) -> Iterator[RunningServer]:
-    """The tiny model behind the real HTTP server, served as "tiny" (and "tiny-alias"), no API key."""
-    from server import ServerSettings, build_app
-    from server.background import BackgroundServer
+def tiny_server(smollm_tokenizer: Any) -> Iterator[Any]:
+    """The tiny model behind the real multi-process server (its engine core in a child process, API
+    server 0 in a thread here), served as "tiny" (and "tiny-alias"), no API key."""
+    from server import ServerSettings
+    from server.background import LocalServer
+    from tests.tiny_server import build_tiny_engine
 
-    engine = make_tiny_engine()
-    app = build_app(engine, ServerSettings(served_model_names=["tiny", "tiny-alias"], model_root="tiny"),
-                    log_stats_interval_s=None)
-    with BackgroundServer(app) as background:
-        yield RunningServer(background.url, app, engine)
+    def settings(_: Any) -> ServerSettings:
+        return ServerSettings(served_model_names=["tiny", "tiny-alias"], model_root="tiny")
+
+    with LocalServer(build_tiny_engine, settings, num_api_servers=TINY_API_SERVERS) as server:
+        yield server

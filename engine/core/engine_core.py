@@ -1,0 +1,147 @@
+"""The engine core's step loop: messages in, one engine step, one message per API server out.
+
+It runs the LLMEngine in its text-free mode (``detokenize = False``): the engine stops sequences
+on stop ids, eos and lengths, and the API servers apply stop strings to the text they decode and
+abort the request here when one matches. Between steps the loop drains its inbox (blocking only
+when it has nothing to run); after every step it sends each API server the new tokens of its own
+requests together with the engine's stats, and an idle core still reports stats after aborts, so
+``/metrics`` shows freed KV blocks at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+
+from engine.core.messages import (
+    AbortRequests,
+    AddRequest,
+    Admission,
+    CoreStats,
+    CoreStatus,
+    Hello,
+    SequenceDelta,
+    StepOutputs,
+    ToCore,
+    WireLogprobs,
+)
+from engine.core.transport import CoreSockets
+from engine.llm_engine import LLMEngine
+from engine.outputs import PositionLogprobs, RequestOutput
+
+logger = logging.getLogger(__name__)
+
+IDLE_POLL_S = 0.5
+
+
+@dataclasses.dataclass
+class _Owner:
+    """Which API server sent a request, and how much of each sample it has been sent."""
+
+    client: int
+    sent: list[int]
+    prompt_logprobs_sent: bool = False
+
+
+class EngineCore:
+    def __init__(self, engine: LLMEngine, sockets: CoreSockets, stop_requested: threading.Event) -> None:
+        engine.detokenize = False
+        self.engine = engine
+        self.sockets = sockets
+        self.stop_requested = stop_requested
+        self._owners: dict[str, _Owner] = {}
+
+    def run(self) -> None:
+        """Steps until ``stop_requested``; then aborts whatever is still running."""
+        while not self.stop_requested.is_set():
+            idle = not self.engine.has_unfinished_requests()
+            changed = self._apply_all(self._take(block=idle))
+            if self.engine.has_unfinished_requests():
+                deltas: dict[int, list[SequenceDelta]] = {}
+                self._collect(self.engine.step(), deltas)
+                self._send(deltas)
+            elif changed:
+                self._send({})
+        for request_id in list(self._owners):
+            self.engine.abort_request(request_id)
+        self._owners.clear()
+
+    def _take(self, block: bool) -> list[ToCore]:
+        messages: list[ToCore] = []
+        if block:
+            try:
+                messages.append(self.sockets.inbox.get(timeout=IDLE_POLL_S))
+            except queue.Empty:
+                return messages
+        while True:
+            try:
+                messages.append(self.sockets.inbox.get_nowait())
+            except queue.Empty:
+                return messages
+
+    def _apply_all(self, messages: list[ToCore]) -> bool:
+        """Applies adds and aborts in order; admissions go back at once, one message per API server."""
+        admissions: dict[int, list[Admission]] = {}
+        for message in messages:
+            if isinstance(message, AddRequest):
+                admissions.setdefault(message.client_index, []).append(self._add(message))
+            elif isinstance(message, Hello):
+                self.sockets.send(message.client_index, CoreStatus("ready"))
+            else:
+                self._abort(message)
+        if admissions:
+            stats = self.stats()
+            for client, answers in admissions.items():
+                self.sockets.send(client, StepOutputs([], answers, stats))
+        return bool(messages)
+
+    def _add(self, add: AddRequest) -> Admission:
+        try:
+            self.engine.add_request(add.request_id, add.prompt_token_ids, add.params, add.arrival_time)
+        except ValueError as err:
+            return Admission(add.request_id, str(err))
+        self._owners[add.request_id] = _Owner(add.client_index, [0] * add.params.n)
+        return Admission(add.request_id)
+
+    def _abort(self, abort: AbortRequests) -> None:
+        for request_id in abort.request_ids:
+            if self._owners.pop(request_id, None) is not None:
+                self.engine.abort_request(request_id)
+
+    def _collect(self, outputs: list[RequestOutput], deltas: dict[int, list[SequenceDelta]]) -> None:
+        for out in outputs:
+            owner = self._owners.get(out.request_id)
+            if owner is None:
+                continue
+            into = deltas.setdefault(owner.client, [])
+            for o in out.outputs:
+                sent = owner.sent[o.index]
+                if len(o.token_ids) == sent and o.finish_reason is None:
+                    continue
+                delta = SequenceDelta(out.request_id, o.index, o.token_ids[sent:], o.finish_reason, o.stop_reason)
+                if o.logprobs is not None:
+                    delta.logprobs = [_wire(p) for p in o.logprobs[sent:]]
+                    delta.cumulative_logprob = o.cumulative_logprob
+                if not owner.prompt_logprobs_sent and o.index == 0:
+                    owner.prompt_logprobs_sent = True
+                    delta.num_cached_tokens = out.num_cached_tokens
+                    if out.prompt_logprobs is not None:
+                        delta.prompt_logprobs = [None if p is None else _wire(p) for p in out.prompt_logprobs]
+                owner.sent[o.index] = len(o.token_ids)
+                into.append(delta)
+            if out.finished:
+                del self._owners[out.request_id]
+
+    def _send(self, deltas: dict[int, list[SequenceDelta]]) -> None:
+        stats = self.stats()
+        for client in range(self.sockets.num_clients):
+            self.sockets.send(client, StepOutputs(deltas.get(client, []), [], stats))
+
+    def stats(self) -> CoreStats:
+        return CoreStats(**dataclasses.asdict(self.engine.stats()))
+
+
+def _wire(position: PositionLogprobs) -> WireLogprobs:
+    return [(token, lp.logprob, lp.rank) for token, lp in position.items()]

@@ -1,0 +1,44 @@
+"""What ``engine.serve``'s child processes run first: the logging set-up and, in the engine core,
+building the engine from the command line (module-level, so the ``spawn`` start method can pickle them)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+from engine.args import engine_config
+from engine.llm_engine import LLMEngine
+from sharding import multihost
+from sharding.cli import init_distributed_from_args
+
+logger = logging.getLogger("engine.serve")
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, datefmt="%m-%d %H:%M:%S",
+                        format="%(levelname)s %(asctime)s %(processName)s [%(name)s] %(message)s")
+    for noisy in ("jax", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def build_engine(args: argparse.Namespace) -> LLMEngine:
+    """Joins the multi-host cluster when asked (before anything touches a device), then loads the model."""
+    init_distributed_from_args(args)
+    started = time.perf_counter()
+    engine = LLMEngine(engine_config(args))
+    mc = engine.model_config
+    logger.info("Loaded %s (%s, %d layers, dtype %s, max_model_len %d, %s) in %.1fs",
+                engine.model_name, mc.architecture, mc.num_layers, mc.dtype, engine.max_model_len,
+                "with tokenizer" if engine.tokenizer is not None else "no tokenizer: token-id prompts only",
+                time.perf_counter() - started)
+    return engine
+
+
+def is_follower(args: argparse.Namespace) -> bool:
+    """A multi-host process other than 0: it replays process 0's steps and serves no HTTP."""
+    return args.process_id is not None and args.process_id != 0
+
+
+def release_followers(engine: LLMEngine) -> None:
+    multihost.release(engine)

@@ -1,0 +1,46 @@
+"""The tiny test model behind the multi-process server: how its engine-core process builds it.
+
+``build_tiny_engine`` runs in the spawned core process (it must be importable and picklable):
+the conftest's two-layer Llama with SmolLM2's vocabulary, random weights and the real SmolLM2
+tokenizer. ``step_delay_s`` slows each step, for tests that must outlive a client reliably.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+from typing import Any
+
+from engine import EngineConfig, LLMEngine
+from models.loaders import LoadedModel
+from models.loaders.dummy import dummy_params
+from tests.tiny_models import tiny_config
+
+SMOLLM2_VOCAB = 49152
+TINY_MAX_MODEL_LEN = 512
+
+
+def smollm_tokenizer() -> Any:
+    from engine.tokenizer import Tokenizer
+    from models.loaders.gguf_loader import read_gguf
+    from models.loaders.load import default_model_path
+
+    return Tokenizer.from_gguf(read_gguf(default_model_path()))
+
+
+def build_tiny_engine(step_delay_s: float = 0.0, **overrides: Any) -> LLMEngine:
+    config = tiny_config(vocab_size=SMOLLM2_VOCAB, max_position_embeddings=TINY_MAX_MODEL_LEN)
+    loaded = LoadedModel(config, dummy_params(config, seed=0), smollm_tokenizer(), "tiny", Path("tiny"))
+    fields: dict[str, Any] = dict(max_model_len=TINY_MAX_MODEL_LEN, max_num_seqs=16, num_gpu_blocks_override=256,
+                                  compilation_cache_dir=None)
+    fields.update(overrides)
+    engine = LLMEngine(EngineConfig(**fields), loaded)
+    if step_delay_s:
+        engine.step = functools.partial(_slow_step, engine.step, step_delay_s)  # type: ignore[method-assign]
+    return engine
+
+
+def _slow_step(step: Any, delay_s: float, *args: Any, **kwargs: Any) -> Any:
+    time.sleep(delay_s)
+    return step(*args, **kwargs)
