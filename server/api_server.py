@@ -33,7 +33,7 @@ from server.state import ServerSettings
 
 logger = logging.getLogger(__name__)
 
-DEAD_CORE_GRACE_S = 2.0
+DEAD_CORE_GRACE_S = 3.0
 STATS_INTERVAL_S = 10.0
 
 

@@ -164,7 +164,7 @@ class EngineLoop:
 
     def _on_status(self, status: CoreStatus) -> None:
         self.status_detail = status.detail
-        if status.phase == "ready":
+        if status.phase == "ready" and not self.ready:
             self.ready = True
             logger.info("The engine core is ready")
         elif status.phase == "failed":

@@ -4,6 +4,7 @@ blocks freed at once."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import socket
 import time
@@ -41,7 +42,7 @@ def _wait_until(condition: Any, timeout_s: float = 10.0) -> bool:
 
 def test_64_concurrent_streams_get_only_their_own_tokens(tiny_server: Any) -> None:
     """Each client biases its own token so strongly that the model can only say that token."""
-    tokenizer = tiny_server.engine.tokenizer
+    tokenizer = tiny_server.model.tokenizer
     tokens = _word_tokens(tokenizer, NUM_CLIENTS)
 
     async def one(client: AsyncOpenAI, token: int) -> tuple[str, int]:
@@ -69,38 +70,46 @@ def test_64_concurrent_streams_get_only_their_own_tokens(tiny_server: Any) -> No
     assert _wait_until(lambda: tiny_server.engine_loop.stats.num_free_blocks == stats.num_blocks)
 
 
-@pytest.fixture
-def throttled(tiny_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Slows each engine step, so a long request surely outlives the client, which shares this
-    process (and its GIL) with the server and may be scheduled late."""
-    step = tiny_server.engine.step
+@pytest.fixture(scope="module")
+def throttled() -> Any:
+    """A server whose engine core sleeps before each step, so a long request surely outlives the
+    client, which shares this process (and its GIL) with the API server and may be scheduled late."""
+    from server import ServerSettings
+    from server.background import LocalServer
+    from tests.tiny_server import build_tiny_engine
 
-    def slow_step() -> Any:
-        time.sleep(0.01)
-        return step()
+    def settings(_: Any) -> ServerSettings:
+        return ServerSettings(served_model_names=["tiny"], model_root="tiny")
 
-    monkeypatch.setattr(tiny_server.engine, "step", slow_step)
-    return tiny_server
+    with LocalServer(functools.partial(build_tiny_engine, step_delay_s=0.01), settings) as server:
+        yield server
 
 
-def _aborted(tiny_server: Any) -> float:
-    metrics = httpx.get(f"{tiny_server.url}/metrics").text
-    line = next((ln for ln in metrics.splitlines() if ln.startswith("tessera:request_success_total")
-                 and 'finished_reason="abort"' in ln), None)
+def _metric(server: Any, name: str, label: str = "") -> float:
+    """One sample of /metrics (the core's stats as this API server last heard them)."""
+    text = httpx.get(f"{server.url}/metrics").text
+    line = next((ln for ln in text.splitlines() if ln.startswith(name + "{") and label in ln), None)
     return float(line.rsplit(" ", 1)[1]) if line else 0.0
+
+
+def _aborted(server: Any) -> float:
+    return _metric(server, "tessera:request_success_total", 'finished_reason="abort"')
+
+
+def _blocks_free(server: Any) -> bool:
+    return _metric(server, "tessera:num_kv_blocks_free") == _metric(server, "tessera:num_kv_blocks_total")
 
 
 @pytest.mark.parametrize("endpoint", ["/v1/completions", "/v1/chat/completions"])
 def test_disconnect_mid_stream_aborts_and_frees_blocks(throttled: Any, endpoint: str) -> None:
-    tiny_server = throttled
-    loop = tiny_server.engine_loop
-    aborted_before = _aborted(tiny_server)
-    generated_before = loop.stats.generation_tokens_total
+    server = throttled
+    aborted_before = _aborted(server)
+    generated_before = _metric(server, "tessera:generation_tokens_total")
     body: dict[str, Any] = {"model": "tiny", "max_tokens": 400, "temperature": 0, "stream": True,
                             "ignore_eos": True}
     body.update({"prompt": "A long story"} if "chat" not in endpoint else
                 {"messages": [{"role": "user", "content": "A long story"}]})
-    with httpx.Client(base_url=tiny_server.url, timeout=60) as client:
+    with httpx.Client(base_url=server.url, timeout=60) as client:
         with client.stream("POST", endpoint, json=body) as response:
             assert response.status_code == 200
             chunks = 0
@@ -108,23 +117,22 @@ def test_disconnect_mid_stream_aborts_and_frees_blocks(throttled: Any, endpoint:
                 chunks += line.startswith("data: ")
                 if chunks == 5:
                     break
-            assert loop.stats.num_free_blocks < loop.stats.num_blocks  # the request holds blocks now
-    assert _wait_until(lambda: loop.stats.num_free_blocks == loop.stats.num_blocks and loop.num_pending == 0)
-    assert _aborted(tiny_server) == aborted_before + 1
-    assert loop.stats.generation_tokens_total - generated_before < 400  # stopped early, not run to the end
+            assert not _blocks_free(server)  # the request holds blocks in the core now
+    assert _wait_until(lambda: _blocks_free(server) and server.engine_loop.num_pending == 0)
+    assert _aborted(server) == aborted_before + 1
+    assert _metric(server, "tessera:generation_tokens_total") - generated_before < 400  # stopped early
 
 
 def test_disconnect_while_waiting_for_a_full_response_aborts(throttled: Any) -> None:
-    tiny_server = throttled
-    loop = tiny_server.engine_loop
-    aborted_before = _aborted(tiny_server)
-    host, port = tiny_server.url.removeprefix("http://").split(":")
+    server = throttled
+    aborted_before = _aborted(server)
+    host, port = server.url.removeprefix("http://").split(":")
     body = json.dumps({"model": "tiny", "prompt": "Long", "max_tokens": 480, "temperature": 0,
                        "ignore_eos": True}).encode()
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-        assert _wait_until(lambda: loop.stats.num_free_blocks < loop.stats.num_blocks)
-    assert _wait_until(lambda: loop.stats.num_free_blocks == loop.stats.num_blocks and loop.num_pending == 0)
-    assert _aborted(tiny_server) == aborted_before + 1
-    assert httpx.get(f"{tiny_server.url}/health").status_code == 200
+        assert _wait_until(lambda: not _blocks_free(server))
+    assert _wait_until(lambda: _blocks_free(server) and server.engine_loop.num_pending == 0)
+    assert _aborted(server) == aborted_before + 1
+    assert httpx.get(f"{server.url}/health").status_code == 200

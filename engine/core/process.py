@@ -19,7 +19,6 @@ import signal
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
 
 from engine.core.engine_core import EngineCore
 from engine.core.messages import CoreStatus
@@ -57,6 +56,7 @@ class CoreProcess:
         self.process = context.Process(target=_core_main, args=(spec, writer, os.getpid()), name="tessera-core")
         self.process.start()
         writer.close()
+        logger.info("Engine core process started (pid %d)", self.process.pid)
 
     @property
     def pid(self) -> int:
@@ -141,6 +141,3 @@ def _serve(core: EngineCore, spec: CoreSpec) -> None:
     sockets.close()
     logger.info("Engine core stopped")
 
-
-def describe_exit(code: Any) -> str:
-    return f"signal {-code}" if isinstance(code, int) and code < 0 else f"code {code}"
