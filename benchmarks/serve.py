@@ -7,8 +7,10 @@ from a ``random`` (uniform around a length) or ``sharegpt``-like (log-normal, lo
 distribution, generated locally. Completions get token-id prompts (exact lengths, no tokenizer
 needed); chat gets text decoded from random ids.
 
-Without ``--base-url`` it starts its own server in-process; every flag it does not know goes to
-that server (``python -m engine.serve`` flags). Identical unmeasured passes run first
+Without ``--base-url`` it starts its own server (the engine core in a child process, the API server
+in a thread of this one, next to the client); every flag it does not know goes to that server
+(``python -m engine.serve`` flags). For figures with the client in a process of its own, start
+``python -m engine.serve`` separately and pass ``--base-url``. Identical unmeasured passes run first
 (``--warmup-passes``, until one compiles nothing) so that XLA compilation stays out of the figures;
 the programs compiled during the measured pass are counted and printed all the same.
 
@@ -24,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -244,30 +247,32 @@ async def compilations(client: httpx.AsyncClient) -> int | None:
 # ---- the server ----------------------------------------------------------------------------------
 @contextlib.contextmanager
 def in_process_server(server_argv: list[str]) -> Iterator[tuple[str, Any]]:
-    """Starts ``engine.serve``'s app on 127.0.0.1; yields (url, engine)."""
-    from engine.args import engine_config, parse_args
-    from engine.llm_engine import LLMEngine
-    from server import ServerSettings, build_app
-    from server.background import BackgroundServer
+    """``engine.serve``'s server on 127.0.0.1: its engine core in a child process, its API server in a
+    thread here; yields (url, the served model)."""
+    from engine.args import parse_args
+    from engine.launch import build_engine
+    from server import ServerSettings
+    from server.background import LocalServer
     from server.warmup import warm_up
 
     server_args = parse_args(server_argv, prog="benchmarks.serve (server flags)")
-    engine = LLMEngine(engine_config(server_args))
-    if not server_args.skip_warmup:
-        warm_up(engine)
-    settings = ServerSettings(served_model_names=server_args.served_model_name or [engine.model_name],
-                              model_root=server_args.model or engine.model_name, log_requests=False,
+
+    def settings(model: Any) -> ServerSettings:
+        return ServerSettings(served_model_names=server_args.served_model_name or [model.name],
+                              model_root=server_args.model or model.name, log_requests=False,
                               max_pending_requests=server_args.max_pending_requests)
-    with BackgroundServer(build_app(engine, settings, log_stats_interval_s=None)) as background:
-        yield background.url, engine
+
+    with LocalServer(functools.partial(build_engine, server_args), settings,
+                     warm_up=None if server_args.skip_warmup else warm_up) as server:
+        yield server.url, server.model
 
 
-async def benchmark(base_url: str, args: argparse.Namespace, engine: Any) -> dict[str, Any]:
+async def benchmark(base_url: str, args: argparse.Namespace, served: Any) -> dict[str, Any]:
     with httpx.Client(base_url=base_url, timeout=60) as client:
         card = client.get("/v1/models").json()["data"][0]
         model = args.served_model or card["id"]
         has_tokenizer = client.post("/tokenize", json={"prompt": "x"}).status_code == 200
-        vocab = args.vocab_size or (engine.model_config.vocab_size if engine is not None else DEFAULT_URL_VOCAB)
+        vocab = args.vocab_size or (served.vocab_size if served is not None else DEFAULT_URL_VOCAB)
 
         def decode(ids: list[int]) -> str:
             return str(client.post("/detokenize", json={"tokens": ids}).json()["prompt"])
@@ -303,8 +308,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"unknown arguments with --base-url: {' '.join(server_argv)}")
         figures = asyncio.run(benchmark(args.base_url.rstrip("/"), args, None))
     else:
-        with in_process_server(server_argv) as (url, engine):
-            figures = asyncio.run(benchmark(url, args, engine))
+        with in_process_server(server_argv) as (url, served):
+            figures = asyncio.run(benchmark(url, args, served))
     if args.result_json:
         with open(args.result_json, "w") as f:
             json.dump({"args": vars(args), **figures}, f, indent=2, default=str)
