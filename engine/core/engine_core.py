@@ -56,17 +56,21 @@ class EngineCore:
     def run(self) -> None:
         """Steps until ``stop_requested``; then aborts whatever is still running."""
         while not self.stop_requested.is_set():
-            idle = not self.engine.has_unfinished_requests()
-            changed = self._apply_all(self._take(block=idle))
-            if self.engine.has_unfinished_requests():
-                deltas: dict[int, list[SequenceDelta]] = {}
-                self._collect(self.engine.step(), deltas)
-                self._send(deltas)
-            elif changed:
-                self._send({})
+            self.run_once()
         for request_id in list(self._owners):
             self.engine.abort_request(request_id)
         self._owners.clear()
+
+    def run_once(self) -> None:
+        """Applies the inbox (waiting for it only when idle), then runs one step and reports it."""
+        idle = not self.engine.has_unfinished_requests()
+        changed = self._apply_all(self._take(block=idle))
+        if self.engine.has_unfinished_requests():
+            deltas: dict[int, list[SequenceDelta]] = {}
+            self._collect(self.engine.step(), deltas)
+            self._send(deltas)
+        elif changed:
+            self._send({})
 
     def _take(self, block: bool) -> list[ToCore]:
         messages: list[ToCore] = []
