@@ -1,7 +1,7 @@
 """The engine: requests in, one scheduled step at a time, RequestOutputs out.
 
-Single-threaded by design: the server drives it from one background thread and hands it
-new and aborted requests between steps (server/engine_loop.py).
+Single-threaded by design: the engine-core process drives it and hands it new and aborted
+requests between steps (engine/core/engine_core.py); offline ``LLM`` drives it in-process.
 """
 
 from __future__ import annotations
