@@ -20,6 +20,7 @@ import sys
 
 from engine.args import describe, parse_args
 from engine.core.process import CoreProcess, CoreSpec, CoreStartError
+from engine.core.served_model import ServedModel
 from engine.core.transport import CoreAddresses
 from engine.launch import build_engine, configure_logging, is_follower, release_followers
 from server.api_server import ApiServerSpec, api_server_main, listening_socket, run_api_server
@@ -67,18 +68,18 @@ def serve(args: argparse.Namespace) -> int:
         logger.info("Server stopped")
 
 
-def _serve_http(args: argparse.Namespace, core: CoreProcess, model: object, settings: ServerSettings) -> int:
+def _serve_http(args: argparse.Namespace, core: CoreProcess, model: ServedModel, settings: ServerSettings) -> int:
     many = args.api_server_count > 1
     sock = listening_socket(args.host, args.port, reuse_port=many)
-    specs = [ApiServerSpec(index=i, addresses=core.addresses, model=model, settings=settings,  # type: ignore[arg-type]
+    specs = [ApiServerSpec(index=i, addresses=core.addresses, model=model, settings=settings,
                            host=args.host, port=sock.getsockname()[1],
                            graceful_shutdown_timeout=args.graceful_shutdown_timeout,
                            uvicorn_log_level=args.uvicorn_log_level, log_stats=i == 0 and not args.disable_log_stats,
                            setup_logging=configure_logging)
              for i in range(args.api_server_count)]
     context = multiprocessing.get_context("spawn")
-    others = [context.Process(target=api_server_main, args=(spec, core.pid, os.getpid()), name=f"api-server-{spec.index}")
-              for spec in specs[1:]]
+    others = [context.Process(target=api_server_main, args=(spec, core.pid, os.getpid()),
+                              name=f"api-server-{spec.index}") for spec in specs[1:]]
     for process in others:
         process.start()
 

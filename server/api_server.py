@@ -54,14 +54,16 @@ class ApiServerSpec:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn, minus re-raising the caught signal after a graceful shutdown (so the exit code is 0)."""
+    """uvicorn, minus re-raising the caught signal after a graceful shutdown (so the exit code is 0).
+    Spawned API servers leave SIGINT (Ctrl-C reaches the whole process group) to API server 0,
+    which passes it on as SIGTERM; a second signal would make uvicorn skip draining."""
 
     on_signal: Callable[[], None] | None = None
+    handled: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        handled = (signal.SIGINT, signal.SIGTERM)
-        previous = {sig: signal.signal(sig, self._signalled) for sig in handled}
+        previous = {sig: signal.signal(sig, self._signalled) for sig in self.handled}
         try:
             yield
         finally:
@@ -118,6 +120,9 @@ def run_api_server(spec: ApiServerSpec, sock: socket.socket, core_alive: Callabl
                             timeout_graceful_shutdown=spec.graceful_shutdown_timeout)
     server = _Server(config)
     server.on_signal = on_signal
+    if spec.index > 0:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        server.handled = (signal.SIGTERM,)
     server.run(sockets=[sock])
     if not server.started:
         return 1

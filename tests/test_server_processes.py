@@ -197,3 +197,37 @@ def test_killed_engine_core_means_503_errors_and_a_non_zero_exit(two_api_servers
     assert httpx.get(f"{served.url}/health", timeout=5).status_code == 503
     assert served.proc.wait(timeout=60) != 0
     assert _all_gone(family), [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in family if pid_alive(pid)]
+
+
+_PARENT_SCRIPT = '''
+import multiprocessing, os, time
+from engine.core.process import die_with_parent
+
+def child(parent_pid):
+    die_with_parent(parent_pid)
+    print(os.getpid(), flush=True)  # stdout is the test's pipe, inherited
+    time.sleep(600)
+
+if __name__ == "__main__":
+    multiprocessing.get_context("spawn").Process(target=child, args=(os.getpid(),)).start()
+    time.sleep(600)
+'''
+
+
+def test_children_die_with_a_killed_parent(tmp_path: Path) -> None:
+    """The engine core and spawned API servers call die_with_parent: even SIGKILL leaves no orphan."""
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stdout=subprocess.PIPE,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())  # printed once die_with_parent has returned
+        assert pid_alive(child)
+        parent.kill()
+        parent.wait()
+        assert _all_gone({child}, timeout_s=30)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
