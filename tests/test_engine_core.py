@@ -14,7 +14,15 @@ import pytest
 
 from engine import LLMEngine, SamplingParams
 from engine.core.engine_core import EngineCore
-from engine.core.messages import AbortRequests, AddRequest, FromCore, StepOutputs, decode_from_core, encode
+from engine.core.messages import (
+    AbortRequests,
+    AddRequest,
+    FromCore,
+    Refused,
+    StepOutputs,
+    decode_from_core,
+    encode,
+)
 from engine.core.output_processor import RequestTracker
 from engine.core.served_model import ServedModel
 from engine.outputs import RequestOutput
@@ -122,11 +130,13 @@ def test_a_refused_request_is_answered_alone(engine: LLMEngine) -> None:
     sockets = _Sockets()
     core = EngineCore(engine, sockets, threading.Event())  # type: ignore[arg-type]
     sockets.inbox.put(AddRequest("too-long", 0, [5] * 600, SamplingParams(), 0.0))
+    sockets.inbox.put(Refused("undecodable", 0, "invalid request: Expected `int`"))
     sockets.inbox.put(AddRequest("fine", 0, [5, 6], SamplingParams(max_tokens=1), 0.0))
     core.run_once()
     admissions = [a for m in sockets.sent if isinstance(m, StepOutputs) for a in m.admissions]
     assert admissions[0].request_id == "too-long" and "maximum context length" in (admissions[0].error or "")
-    assert admissions[1].request_id == "fine" and admissions[1].error is None
+    assert admissions[1].request_id == "undecodable" and "invalid request" in (admissions[1].error or "")
+    assert admissions[2].request_id == "fine" and admissions[2].error is None
     deltas = [d for m in sockets.sent if isinstance(m, StepOutputs) for d in m.deltas]
     assert [(d.request_id, len(d.new_token_ids), d.finish_reason) for d in deltas] == [("fine", 1, "length")]
 
@@ -139,3 +149,16 @@ def test_text_free_engine_makes_no_text(engine: LLMEngine, text_free: bool) -> N
     assert len(out.token_ids) == 4
     assert (out.text == "") == text_free
     assert all((lp.decoded_token is None) == text_free for p in out.logprobs or [] for lp in p.values())
+
+
+def test_an_add_request_that_does_not_decode_is_refused_alone() -> None:
+    """seed=True passes SamplingParams.validate (a bool is an int) but not the core's typed decoding."""
+    from engine.core.messages import decode_to_core, refusal_of
+
+    data = encode(AddRequest("odd", 3, [1, 2], SamplingParams(seed=True), 0.0))  # type: ignore[arg-type]
+    with pytest.raises(ValueError) as caught:
+        decode_to_core(data)
+    refusal = refusal_of(data, caught.value)
+    assert isinstance(refusal, Refused) and (refusal.request_id, refusal.client_index) == ("odd", 3)
+    assert "seed" in refusal.error
+    assert refusal_of(b"\xc1", caught.value) is None

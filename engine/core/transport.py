@@ -21,7 +21,7 @@ import threading
 import msgspec
 import zmq
 
-from engine.core.messages import FromCore, ToCore, decode_to_core, encode
+from engine.core.messages import FromCore, ToCore, decode_to_core, encode, refusal_of
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +95,12 @@ class CoreSockets:
             data = self._input.recv()
             try:
                 self.inbox.put(decode_to_core(data))
-            except (msgspec.DecodeError, ValueError) as err:  # an API server bug, never a client's input
-                logger.error("Dropped an undecodable message to the engine core: %s", err)
+            except (msgspec.DecodeError, ValueError) as err:
+                refusal = refusal_of(data, err)
+                if refusal is None:
+                    logger.error("Dropped an undecodable message to the engine core: %s", err)
+                else:
+                    self.inbox.put(refusal)
 
     def _write(self) -> None:
         while (item := self._outbox.get()) is not _STOP:
