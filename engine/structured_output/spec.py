@@ -34,7 +34,7 @@ class StructuredOutputError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class StructuredOutputSpec:
-    """One constraint. ``text`` is the kind's source: canonical JSON for json_schema and choice
+    """One constraint. ``text`` is the kind's source: compact JSON for json_schema and choice
     (a JSON list of strings), the pattern for regex, the Lark/GBNF text for grammar, "" for
     json_object."""
 
@@ -55,7 +55,8 @@ class StructuredOutputSpec:
 
     @classmethod
     def json_schema(cls, schema: dict[str, Any] | str) -> StructuredOutputSpec:
-        """A JSON schema, as a dict or as JSON text; kept as canonical JSON so equal schemas share a cache entry."""
+        """A JSON schema, as a dict or as JSON text; kept as compact JSON (key order kept: it is the
+        order properties are generated in) so equal schemas share a cache entry."""
         if isinstance(schema, str):
             try:
                 schema = json.loads(schema)
@@ -64,7 +65,7 @@ class StructuredOutputSpec:
         if not isinstance(schema, (dict, bool)):
             raise StructuredOutputError(
                 f"json_schema must be a JSON object (or boolean), got {type(schema).__name__}")
-        return cls("json_schema", json.dumps(schema, sort_keys=True, separators=(",", ":")))
+        return cls("json_schema", json.dumps(schema, separators=(",", ":")))
 
     @classmethod
     def json_object(cls) -> StructuredOutputSpec:
