@@ -20,6 +20,7 @@ from engine.structured_output import (
     bitmask_words,
     fill_bitmasks,
     pack_bitmask,
+    step_bitmask,
     unpack_bitmask,
 )
 
@@ -149,6 +150,18 @@ def test_batched_fill_equals_row_by_row(tiny_compiler: GrammarCompiler) -> None:
         fill_bitmasks(batched, [(matchers[0], 1), (matchers[1], 1)])
     with pytest.raises(ValueError, match="words"):
         matchers[0].fill_bitmask(allocate_bitmask(1, vocab + 64), 0)
+
+
+def test_step_bitmask(tiny_compiler: GrammarCompiler) -> None:
+    vocab = tiny_compiler.vocab_size
+    assert step_bitmask([None, None], 4, vocab) is None  # no constraint: the step needs no mask
+    choice = tiny_compiler.matcher(StructuredOutputSpec.choice(["cc"]))
+    mask = step_bitmask([None, choice], 4, vocab)
+    assert mask is not None and mask.shape == (4, bitmask_words(vocab))
+    assert (mask[[0, 2, 3]] == -1).all()
+    assert np.flatnonzero(unpack_bitmask(mask[1:2], vocab)[0]).tolist() == choice.allowed_token_ids().tolist()
+    with pytest.raises(ValueError, match="rows"):
+        step_bitmask([choice, None, None], 2, vocab)
 
 
 @pytest.mark.parametrize("vocab", [1, 31, 32, 33, 100])

@@ -13,7 +13,7 @@ from engine.structured_output.bitmask import (
     unpack_bitmask,
 )
 from engine.structured_output.grammar_compiler import CompiledGrammar, GrammarCompiler
-from engine.structured_output.matcher import GrammarMatcher, fill_bitmasks
+from engine.structured_output.matcher import GrammarMatcher, fill_bitmasks, step_bitmask
 from engine.structured_output.spec import StructuredOutputError, StructuredOutputSpec
 
 __all__ = [
@@ -28,5 +28,6 @@ __all__ = [
     "bitmask_words",
     "fill_bitmasks",
     "pack_bitmask",
+    "step_bitmask",
     "unpack_bitmask",
 ]

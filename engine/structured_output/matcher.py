@@ -17,7 +17,7 @@ import llguidance
 import llguidance.numpy
 import numpy as np
 
-from engine.structured_output.bitmask import bitmask_words, unpack_bitmask
+from engine.structured_output.bitmask import allocate_bitmask, bitmask_words, unpack_bitmask
 
 
 class GrammarMatcher:
@@ -101,6 +101,20 @@ def fill_bitmasks(bitmask: np.ndarray, rows: Sequence[tuple[GrammarMatcher, int]
         raise ValueError("each matcher needs its own row inside the bitmask")
     llguidance.numpy.fill_next_token_bitmask_par(
         _shared_executor(), [(m._matcher, row) for m, row in rows], bitmask)
+
+
+def step_bitmask(matchers: Sequence[GrammarMatcher | None], rows: int, vocab_size: int) -> np.ndarray | None:
+    """The [rows, words] mask of a step whose first rows hold these sequences (None: no
+    constraint; padding rows after them), or None when no row is constrained, so the step can
+    take its variant without a mask."""
+    constrained = [(m, row) for row, m in enumerate(matchers) if m is not None]
+    if not constrained:
+        return None
+    if len(matchers) > rows:
+        raise ValueError(f"{len(matchers)} sequences do not fit in {rows} rows")
+    bitmask = allocate_bitmask(rows, vocab_size)
+    fill_bitmasks(bitmask, constrained)
+    return bitmask
 
 
 def _check_bitmask(bitmask: np.ndarray, vocab_size: int) -> None:
