@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 ARGUMENT_KEYS = ("arguments", "parameters")
 _WHITESPACE = " \t\r\n"
 _SCALAR_END = ",}] \t\r\n"
+_STRING_BODY = re.compile(r'(?:[^"\\]|\\.)*"', re.DOTALL)  # the rest of a string, closing quote included
+_STRUCTURAL = re.compile(r'["{}\[\]]')
 
 
 class MalformedCall(ValueError):
@@ -25,6 +28,7 @@ class MalformedCall(ValueError):
 class PartialCall:
     name: str | None = None  # set once the name's string is complete
     arguments: str = ""  # raw text of the arguments value so far
+    arguments_start: int | None = None  # where the arguments value starts in the text
     arguments_done: bool = False
     end: int | None = None  # index past the closing brace, once the object is complete
 
@@ -48,15 +52,8 @@ def skip_whitespace(text: str, i: int) -> int:
 
 def string_end(text: str, i: int) -> int | None:
     """Index past the JSON string starting at ``text[i] == '"'``; None if it is not closed yet."""
-    i += 1
-    while i < len(text):
-        if text[i] == "\\":
-            i += 2
-        elif text[i] == '"':
-            return i + 1
-        else:
-            i += 1
-    return None
+    match = _STRING_BODY.match(text, i + 1)
+    return match.end() if match else None
 
 
 def value_end(text: str, i: int) -> int | None:
@@ -73,22 +70,54 @@ def value_end(text: str, i: int) -> int | None:
 
 def _container_end(text: str, i: int) -> int | None:
     depth = 0
-    while i < len(text):
-        c = text[i]
+    while True:
+        special = _STRUCTURAL.search(text, i)
+        if special is None:
+            return None
+        c, i = special.group(), special.start()
         if c == '"':
             end = string_end(text, i)
             if end is None:
                 return None
             i = end
             continue
-        if c in "{[":
-            depth += 1
-        elif c in "}]":
-            depth -= 1
-            if depth == 0:
-                return i + 1
+        depth += 1 if c in "{[" else -1
         i += 1
-    return None
+        if depth == 0:
+            return i
+
+
+class ContainerEnd:
+    """Finds where the object or array starting at ``start`` ends, reading only the text added
+    since the last call: keeps a long arguments value from being rescanned on every delta."""
+
+    def __init__(self, start: int) -> None:
+        self._pos = start
+        self._depth = 0
+        self._in_string = False
+        self._escaped = False
+
+    def advance(self, text: str) -> int | None:
+        """Index past the container's end, or None if the text does not reach it yet."""
+        for i in range(self._pos, len(text)):
+            c = text[i]
+            if self._in_string:
+                if self._escaped:
+                    self._escaped = False
+                elif c == "\\":
+                    self._escaped = True
+                elif c == '"':
+                    self._in_string = False
+            elif c == '"':
+                self._in_string = True
+            elif c in "{[":
+                self._depth += 1
+            elif c in "}]":
+                self._depth -= 1
+                if self._depth == 0:
+                    return i + 1
+        self._pos = len(text)
+        return None
 
 
 def scan_call(text: str, start: int) -> PartialCall:
@@ -132,6 +161,7 @@ def _scan_member(text: str, i: int, call: PartialCall) -> int | None:
         if text[i] not in '{"':
             raise MalformedCall(f"{key} must be an object")
         call.arguments = text[i:end]
+        call.arguments_start = i
         call.arguments_done = end is not None
     elif key == "name" and end is not None:
         name = _decode(text[i:end])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from server.tool_parsers.json_scan import MalformedCall, PartialCall, scan_call, skip_whitespace
+from server.tool_parsers.json_scan import ContainerEnd, MalformedCall, PartialCall, scan_call, skip_whitespace
 from server.tool_parsers.types import DeltaMessage, ExtractedToolCalls, ToolCall, ToolCallDelta, openai_call_id
 
 
@@ -117,6 +117,9 @@ class ToolCallStream:
         self._region: int | None = None
         self._stray: int | None = None  # from here on, the region's text is content
         self._sent: list[_SentCall] = []
+        self._complete: list[PartialCall] = []  # calls already read to their end
+        self._resume = 0  # where to scan on: past the last complete call
+        self._open: tuple[PartialCall, ContainerEnd] | None = None  # a call whose arguments are being written
 
     @property
     def tool_calls_started(self) -> bool:
@@ -138,22 +141,42 @@ class ToolCallStream:
             out.content += self._take_content(content_end)
             if self._region is None:
                 return out
-            self._content_sent = self._region
+            self._content_sent = self._resume = self._region
         if self._stray is None:
-            calls, stray = self._parser.scan_region(self._text, self._region, final)
-            out.tool_calls = self._call_deltas(calls, final)
+            calls, stray = self._scan(final)
+            out.tool_calls = self._call_deltas(calls)
+            while len(self._complete) < len(self._sent) and calls[len(self._complete)].complete:
+                self._complete.append(calls[len(self._complete)])
+                self._resume = self._complete[-1].end  # type: ignore[assignment]
             if stray is not None:  # text that is no call: content from there (from the region if no call went out)
                 self._stray = self._content_sent = stray if self._sent else self._region
         if self._stray is not None:
             out.content += self._take_content(len(self._text))
         return out
 
+    def _scan(self, final: bool) -> tuple[list[PartialCall], int | None]:
+        """All calls so far: the complete ones, then what the text after them holds. While a call's
+        arguments object is still open, only the new text is read."""
+        if self._open is not None:
+            call, tracker = self._open
+            if tracker.advance(self._text) is None:
+                call.arguments = self._text[call.arguments_start:]
+                return [*self._complete, call], None
+            self._open = None  # the arguments closed: read the call in full once more
+        calls, stray = self._parser.scan_region(self._text, self._resume, final)
+        last = calls[-1] if calls else None
+        if last is not None and not last.arguments_done and last.arguments.startswith("{"):
+            tracker = ContainerEnd(last.arguments_start)  # type: ignore[arg-type]
+            tracker.advance(self._text)
+            self._open = (last, tracker)
+        return [*self._complete, *calls], stray
+
     def _take_content(self, end: int) -> str:
         piece = self._text[self._content_sent:end]
         self._content_sent = max(self._content_sent, end)
         return piece
 
-    def _call_deltas(self, calls: list[PartialCall], final: bool) -> list[ToolCallDelta]:
+    def _call_deltas(self, calls: list[PartialCall]) -> list[ToolCallDelta]:
         deltas: list[ToolCallDelta] = []
         for index, call in enumerate(calls):
             if call.name is None:
