@@ -24,6 +24,8 @@ CASES = [  # parser, output text, expected content, expected [(name, arguments)]
     ("llama3_json", f"  {WEATHER}", None, [("get_weather", WEATHER_ARGS)]),
     ("mistral", 'Sure. [TOOL_CALLS][{"name": "f", "arguments": {"x": 1}}, {"name": "g", "arguments": {}}]', "Sure. ",
      [("f", '{"x": 1}'), ("g", "{}")]),
+    ("mistral", f'Checking.[TOOL_CALLS]get_weather[ARGS]{WEATHER_ARGS}[TOOL_CALLS]now[ARGS]{{}}', "Checking.",
+     [("get_weather", WEATHER_ARGS), ("now", "{}")]),
 ]
 
 PLAIN = [  # outputs with no call: all content, streamed or not
@@ -34,6 +36,9 @@ PLAIN = [  # outputs with no call: all content, streamed or not
     ("llama3_json", "<|python"),
     ("mistral", "[TOOL_CALLS] not json at all"),
     ("mistral", "no calls [TOOL"),
+    ("mistral", "[TOOL_CALLS]not a name[ARGS]{}"),
+    ("mistral", "[TOOL_CALLS]f[ARGS] [1]"),
+    ("mistral", "[TOOL_CALLS]f[ARGS]{\"a\": 1"),
 ]
 
 
@@ -94,8 +99,8 @@ def test_stream_adds_up_to_extract(parser_name: str, text: str, content: str | N
 def test_text_without_a_call_stays_content(parser_name: str, text: str) -> None:
     result = get_tool_parser(parser_name).extract(text)
     assert not result.tools_called and result.tool_calls == [] and result.content == text
-    if "<tool_call>{" in text:
-        return  # a stream has sent the call's start before it breaks; checked below
+    if "<tool_call>{" in text or "[ARGS]{" in text:
+        return  # a named call that breaks later: a stream has sent its start (see the test below)
     content, calls, started = _stream(get_tool_parser(parser_name), text, random.Random(0))
     assert (content, calls, started) == (text, [], False)
 

@@ -4,15 +4,17 @@
   one block per call, after optional text.
 - ``llama3_json`` (Llama 3.1/3.2/3.3 with JSON tool calling): the whole output is
   ``{"name": ..., "parameters": {...}}``, optionally after ``<|python_tag|>``, several joined by ``;``.
-- ``mistral`` (Mistral Instruct v0.3, Mistral Small / Nemo): ``[TOOL_CALLS]`` then a JSON array
-  ``[{"name": ..., "arguments": {...}}, ...]``; call ids are 9 alphanumerics, as its template
-  requires. The control markers are special tokens: the request must keep special tokens in
+- ``mistral`` (Mistral Instruct v0.3, Nemo): ``[TOOL_CALLS]`` then a JSON array
+  ``[{"name": ..., "arguments": {...}}, ...]``; newer ones (Mistral Small 3.x, Magistral,
+  Devstral): ``[TOOL_CALLS]name[ARGS]{...}`` per call. Call ids are 9 alphanumerics, as its
+  template requires. The control markers are special tokens: the request must keep special tokens in
   its text (``skip_special_tokens=False``) for these parsers to see them.
 """
 
 from __future__ import annotations
 
-from server.tool_parsers.json_scan import skip_whitespace
+from server.tool_parsers.json_scan import PartialCall, skip_whitespace
+from server.tool_parsers.mistral_v11 import scan_named_args_calls
 from server.tool_parsers.parser import ToolParser
 from server.tool_parsers.types import mistral_call_id
 
@@ -24,10 +26,20 @@ class HermesToolParser(ToolParser):
 
 
 class MistralToolParser(ToolParser):
+    """Both Mistral layouts: ``[TOOL_CALLS][{...}, ...]`` (v3 tokenizers) and, from the v11
+    tokenizer on (Mistral Small 3.x, Magistral, Devstral), ``[TOOL_CALLS]name[ARGS]{...}`` per call."""
+
     name = "mistral"
     start_marker = "[TOOL_CALLS]"
     separators = ("[TOOL_CALLS]", "[", ",", "]")
     new_call_id = staticmethod(mistral_call_id)
+
+    def scan_region(self, text: str, start: int, final: bool) -> tuple[list[PartialCall], int | None]:
+        region = text.find(self.start_marker)  # the layout shows right after the first marker
+        first = skip_whitespace(text, region + len(self.start_marker))
+        if region < 0 or first >= len(text) or text[first] in "[{":
+            return super().scan_region(text, start, final)
+        return scan_named_args_calls(text, start, self.start_marker)
 
 
 class Llama3JsonToolParser(ToolParser):

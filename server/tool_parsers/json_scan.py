@@ -169,7 +169,7 @@ def _scan_member(text: str, i: int, call: PartialCall) -> int | None:
             raise MalformedCall("the function name must be a string")
         call.name = name
     if end is not None and key in ARGUMENT_KEYS:
-        _check_arguments(call.arguments, key)
+        check_arguments(call.arguments, key)
     return end
 
 
@@ -180,7 +180,7 @@ def _decode(raw: str) -> object:
         raise MalformedCall(f"invalid JSON {raw[:40]!r}: {err}") from None
 
 
-def _check_arguments(raw: str, key: str) -> None:
+def check_arguments(raw: str, key: str) -> None:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as err:
