@@ -88,6 +88,16 @@ def test_cache_is_lru(compiler: GrammarCompiler) -> None:
     assert compiler.compile(specs[0]) is not first  # evicted, compiled again
 
 
+def test_compile_async(compiler: GrammarCompiler) -> None:
+    spec = StructuredOutputSpec.regex("async[0-9]")
+    compiled = compiler.compile_async(spec).result(timeout=30)
+    again = compiler.compile_async(spec)
+    assert again.done() and again.result() is compiled  # cached: no thread involved
+    failing = compiler.compile_async(StructuredOutputSpec.regex("(?=x)"))
+    assert isinstance(failing.exception(timeout=30), StructuredOutputError)
+    assert isinstance(compiler.compile_async(StructuredOutputSpec.regex("(?=x)")).exception(), StructuredOutputError)
+
+
 def test_json_schema_forces_a_valid_document(compiler: GrammarCompiler, smollm_tokenizer: Any) -> None:
     schema = {"type": "object", "properties": {
         "name": {"type": "string", "maxLength": 8}, "age": {"type": "integer", "minimum": 0},

@@ -9,13 +9,14 @@ Compiling builds one ``LLMatcher`` in its initial state (the costly part: gramma
 lexer setup); each request then gets a ``deep_copy`` of it (about a microsecond), so a schema
 is compiled once however many requests use it. Results are cached per spec in an LRU, failures
 too, so a client repeating a bad schema costs one compile. Compile errors raise
-``StructuredOutputError`` naming the problem (answered with a 400). Thread-safe: the server may
-compile off the engine's loop.
+``StructuredOutputError`` naming the problem (answered with a 400). Thread-safe; ``compile_async``
+compiles on a background thread so the engine loop never waits on a new schema.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import json
 import threading
 from typing import Any
@@ -57,6 +58,7 @@ class GrammarCompiler:
             collections.OrderedDict())
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, vocab_size: int | None = None, **kwargs: Any) -> GrammarCompiler:
@@ -85,6 +87,24 @@ class GrammarCompiler:
         if isinstance(cached, StructuredOutputError):
             raise cached
         return cached
+
+    def compile_async(self, spec: StructuredOutputSpec) -> concurrent.futures.Future[CompiledGrammar]:
+        """``compile`` on a background thread (llguidance releases the GIL while it builds), so
+        the engine loop keeps stepping; a cached spec gives an already finished future."""
+        with self._lock:
+            cached = self._cache.get(spec)
+            if cached is None and self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="grammar-compile")
+            pool = self._pool
+        if cached is None:
+            assert pool is not None
+            return pool.submit(self.compile, spec)
+        done: concurrent.futures.Future[CompiledGrammar] = concurrent.futures.Future()
+        if isinstance(cached, StructuredOutputError):
+            done.set_exception(cached)
+        else:
+            done.set_result(cached)
+        return done
 
     def matcher(self, spec: StructuredOutputSpec) -> GrammarMatcher:
         """Compile (or reuse) ``spec`` and return a fresh matcher for one request."""
