@@ -23,9 +23,6 @@ GUIDED_FIELDS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar
 # Fields that only pick a backend or tune it within what the constraint already means.
 IGNORED_FIELDS = ("guided_decoding_backend",)
 UNSUPPORTED_FIELDS = ("guided_whitespace_pattern",)
-_STRUCTURED_KINDS = {"json": "json_schema", "regex": "regex", "choice": "choice", "grammar": "grammar",
-                     "json_object": "json_object"}
-_STRUCTURED_OPTIONS = ("disable_any_whitespace", "disable_fallback", "disable_additional_properties")
 _SCHEMA_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
 
@@ -42,7 +39,7 @@ def requested_constraint(fields: Mapping[str, Any],
         if spec is not None:
             found.append(("response_format", spec))
     if fields.get("structured_outputs") is not None:
-        found.append(("structured_outputs", _from_structured_outputs(fields["structured_outputs"])))
+        found.append(("structured_outputs", StructuredOutputSpec.from_options(fields["structured_outputs"])))
     for name in GUIDED_FIELDS:
         if fields.get(name) is not None:
             found.append((name, _with_param(name, lambda n=name: _from_guided(n, fields[n]))))
@@ -87,39 +84,7 @@ def _from_response_format(value: Any) -> StructuredOutputSpec | None:
     return _with_param(f"{param}.schema", lambda: StructuredOutputSpec.json_schema(body["schema"]))
 
 
-def _from_structured_outputs(value: Any) -> StructuredOutputSpec:
-    param = "structured_outputs"
-    if not isinstance(value, Mapping):
-        raise StructuredOutputError(f"{param} must be an object", param)
-    unknown = sorted(set(value) - set(_STRUCTURED_KINDS) - set(_STRUCTURED_OPTIONS))
-    if unknown:
-        raise StructuredOutputError(f"{param} has unsupported key(s): {', '.join(unknown)}", param)
-    if any(value.get(option) for option in _STRUCTURED_OPTIONS):
-        set_options = [o for o in _STRUCTURED_OPTIONS if value.get(o)]
-        raise StructuredOutputError(f"{param} option(s) {', '.join(set_options)} are not supported", param)
-    given = [key for key in _STRUCTURED_KINDS if value.get(key) not in (None, False)]
-    if len(given) != 1:
-        raise StructuredOutputError(f"{param} needs exactly one of {', '.join(_STRUCTURED_KINDS)}, "
-                                    f"got {len(given)}", param)
-    key = given[0]
-    return _with_param(f"{param}.{key}", lambda: _spec(_STRUCTURED_KINDS[key], value[key]))
-
-
 def _from_guided(name: str, value: Any) -> StructuredOutputSpec:
     kind = {"guided_json": "json_schema", "guided_regex": "regex", "guided_choice": "choice",
             "guided_grammar": "grammar"}[name]
-    return _spec(kind, value)
-
-
-def _spec(kind: str, value: Any) -> StructuredOutputSpec:
-    if kind == "json_schema":
-        return StructuredOutputSpec.json_schema(value)
-    if kind == "json_object":
-        if value is not True:
-            raise StructuredOutputError("json_object must be true")
-        return StructuredOutputSpec.json_object()
-    if kind == "choice":
-        return StructuredOutputSpec.choice(value)
-    if not isinstance(value, str):
-        raise StructuredOutputError(f"{kind} must be a string, got {type(value).__name__}")
-    return StructuredOutputSpec.regex(value) if kind == "regex" else StructuredOutputSpec.grammar(value)
+    return StructuredOutputSpec.from_kind(kind, value)

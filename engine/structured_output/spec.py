@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from typing import Any, Literal
 
 Kind = Literal["json_schema", "json_object", "regex", "choice", "grammar"]
@@ -19,6 +20,12 @@ KINDS: tuple[str, ...] = ("json_schema", "json_object", "regex", "choice", "gram
 MAX_SPEC_CHARS = 256 * 1024  # a schema / regex / grammar larger than this is refused
 MAX_CHOICES = 1024
 MAX_CHOICE_CHARS = 4096
+# vLLM's StructuredOutputsParams keys -> our kinds; its tuning options that change the meaning
+# (whitespace, fallback) are refused rather than ignored.
+OPTION_KINDS = {"json": "json_schema", "regex": "regex", "choice": "choice", "grammar": "grammar",
+                "json_object": "json_object"}
+REFUSED_OPTIONS = ("disable_any_whitespace", "disable_fallback", "disable_additional_properties", "whitespace_pattern",
+                   "structural_tag")
 
 
 class StructuredOutputError(ValueError):
@@ -94,6 +101,44 @@ class StructuredOutputSpec:
     def grammar(cls, text: str) -> StructuredOutputSpec:
         """A context-free grammar in Lark syntax (llguidance's dialect) or GBNF/EBNF (llama.cpp's)."""
         return cls("grammar", text)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> StructuredOutputSpec:
+        """From vLLM's ``structured_outputs`` form: exactly one of ``json`` (schema), ``regex``,
+        ``choice``, ``grammar``, ``json_object: true``."""
+        where = "structured_outputs"
+        if not isinstance(options, Mapping):
+            raise StructuredOutputError(f"{where} must be an object", where)
+        unknown = sorted(set(options) - set(OPTION_KINDS))
+        if unknown:
+            refused = [k for k in unknown if k in REFUSED_OPTIONS]
+            raise StructuredOutputError(f"{where} key(s) not supported: {', '.join(refused or unknown)}", where)
+        given = [key for key in OPTION_KINDS if options.get(key) not in (None, False)]
+        if len(given) != 1:
+            raise StructuredOutputError(f"{where} needs exactly one of {', '.join(OPTION_KINDS)}, got {len(given)}",
+                                        where)
+        key = given[0]
+        try:
+            return cls.from_kind(OPTION_KINDS[key], options[key])
+        except StructuredOutputError as err:
+            raise StructuredOutputError(f"{where}.{key}: {err}", f"{where}.{key}") from None
+
+    @classmethod
+    def from_kind(cls, kind: str, value: Any) -> StructuredOutputSpec:
+        """One constraint from its kind and its JSON value (schema object/text, pattern, list, grammar)."""
+        if kind == "json_schema":
+            return cls.json_schema(value)
+        if kind == "json_object":
+            if value is not True:
+                raise StructuredOutputError("json_object must be true")
+            return cls.json_object()
+        if kind == "choice":
+            return cls.choice(value)
+        if kind not in ("regex", "grammar"):
+            raise StructuredOutputError(f"structured output kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        if not isinstance(value, str):
+            raise StructuredOutputError(f"{kind} must be a string, got {type(value).__name__}")
+        return cls(kind, value)  # type: ignore[arg-type]
 
     @property
     def choices(self) -> list[str]:
