@@ -7,7 +7,6 @@ import random
 import re
 
 import jax
-import llguidance
 import numpy as np
 import pytest
 
@@ -23,33 +22,11 @@ from engine.structured_output import (
     step_bitmask,
     unpack_bitmask,
 )
-
-TOKENS = [b"a", b"b", b"c", b"ab", b"ba", b"abc", b"cc", b"bca", b"<eos>"]
-EOS = len(TOKENS) - 1
-ALPHABET = "abc"
-
-
-class _TinyTokenizer:
-    """Greedy longest-match tokenizer over TOKENS; enough for llguidance's TokenizerWrapper."""
-
-    eos_token_id = EOS
-    bos_token_id = None
-    tokens = TOKENS
-    special_token_ids = [EOS]
-
-    def __call__(self, text: bytes | str) -> list[int]:
-        data = text.encode() if isinstance(text, str) else text
-        ids, i = [], 0
-        while i < len(data):
-            best = max((t for t in range(EOS) if data.startswith(TOKENS[t], i)), key=lambda t: len(TOKENS[t]))
-            ids.append(best)
-            i += len(TOKENS[best])
-        return ids
-
+from tests.tiny_grammar_vocab import ALPHABET, EOS, TOKENS, tiny_grammar_compiler
 
 @pytest.fixture(scope="module")
 def tiny_compiler() -> GrammarCompiler:
-    return GrammarCompiler(llguidance.LLTokenizer(llguidance.TokenizerWrapper(_TinyTokenizer())))
+    return tiny_grammar_compiler()
 
 
 def _random_regex(rng: random.Random, depth: int = 0) -> tuple[str, set[str]]:
