@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from engine.config import EngineConfig
-from sharding.cli import add_multihost_args
+from sharding.cli import add_multihost_args, add_parallel_size_args, resolve_parallel_sizes
 
 API_KEY_ENV = "TESSERA_API_KEY"
 _SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "K": 2**10, "M": 2**20, "G": 2**30}
@@ -97,6 +97,7 @@ def build_parser(prog: str = "python -m engine.serve") -> argparse.ArgumentParse
     engine.add_argument("--attention-backend", metavar="NAME",
                         help="attention implementation; default: the best for the device")
     engine.add_argument("--mesh", type=mesh_spec, metavar="SPEC", help="device mesh, e.g. 'tp=4' or 'dp=2,tp=2'")
+    add_parallel_size_args(engine)
     engine.add_argument("--sharding-rules", default="default", metavar="NAME_OR_FILE",
                         help="how model axes map onto the mesh: a rule set name or a JSON/YAML file "
                              "(default: %(default)s)")
@@ -134,6 +135,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m engine.serv
     if args.config is not None:
         args = parser.parse_args(_config_file_args(parser, args.config) + argv)
     args.model = args.model_tag or args.model
+    resolve_parallel_sizes(parser, args)
     return args
 
 
