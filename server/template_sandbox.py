@@ -48,6 +48,11 @@ class TemplateSandbox:
             raise TemplateError(reply["error"])
         return str(reply["text"])
 
+    @property
+    def busy(self) -> bool:
+        """Whether a render is in progress."""
+        return self._lock is not None and self._lock.locked()
+
     def close(self) -> None:
         if self._proc is not None:
             self._proc.kill()
