@@ -109,9 +109,26 @@ def build_parser(prog: str = "python -m engine.serve") -> argparse.ArgumentParse
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="0.0.0.0", metavar="ADDR", help="address to listen on (default: %(default)s)")
     server.add_argument("--port", type=int, default=8000, metavar="N", help="port to listen on (default: %(default)s)")
-    server.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), metavar="KEY",
-                        help=f"require 'Authorization: Bearer KEY' on /v1 and tokenizer routes "
-                             f"(default: ${API_KEY_ENV})")
+    server.add_argument("--api-key", action="extend", nargs="+", metavar="KEY",
+                        help=f"require 'Authorization: Bearer KEY' on /v1 and tokenizer routes; several keys "
+                             f"are all accepted (default: ${API_KEY_ENV})")
+    server.add_argument("--allowed-origins", nargs="+", default=[], metavar="ORIGIN",
+                        help="CORS: origins allowed to call the API from a browser, or '*' (default: no CORS)")
+    server.add_argument("--allowed-methods", nargs="+", default=["*"], metavar="METHOD",
+                        help="CORS: allowed methods (default: *)")
+    server.add_argument("--allowed-headers", nargs="+", default=["*"], metavar="HEADER",
+                        help="CORS: allowed request headers (default: *)")
+    server.add_argument("--allow-credentials", action="store_true", help="CORS: allow credentials")
+    server.add_argument("--ssl-keyfile", metavar="FILE", help="serve HTTPS with this private key")
+    server.add_argument("--ssl-certfile", metavar="FILE", help="serve HTTPS with this certificate")
+    server.add_argument("--ssl-ca-certs", metavar="FILE", help="CA certificates to verify client certificates")
+    server.add_argument("--root-path", default="", metavar="PATH",
+                        help="the path prefix a reverse proxy serves this server under, e.g. /tessera")
+    server.add_argument("--trust-request-chat-template", action="store_true",
+                        help="accept 'chat_template' in chat requests (rendered in a sandboxed child process "
+                             "with a time limit); refused by default")
+    server.add_argument("--metric-prefixes", nargs="+", default=["vllm:", "tessera:"], metavar="PREFIX",
+                        help="export each /metrics series under these name prefixes (default: vllm: tessera:)")
     server.add_argument("--max-pending-requests", type=int, default=4096, metavar="N",
                         help="answer 503 past this many unfinished requests (default: %(default)s)")
     server.add_argument("--graceful-shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
@@ -136,6 +153,12 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m engine.serv
         args = parser.parse_args(_config_file_args(parser, args.config) + argv)
     args.model = args.model_tag or args.model
     resolve_parallel_sizes(parser, args)
+    if args.api_key is None and os.environ.get(API_KEY_ENV):
+        args.api_key = [os.environ[API_KEY_ENV]]
+    if bool(args.ssl_keyfile) != bool(args.ssl_certfile):
+        parser.error("--ssl-keyfile and --ssl-certfile go together")
+    if args.root_path and not args.root_path.startswith("/"):
+        parser.error(f"--root-path must start with '/', got {args.root_path!r}")
     return args
 
 

@@ -177,12 +177,9 @@ class LLMEngine:
                     arrival_time: float | None = None) -> None:
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
-        params.validate()
+        params.validate(self.model_config.vocab_size)
         text, ids = self.encode_prompt(prompt)
         max_tokens = self.check_length(len(ids), params)
-        for token in (params.logit_bias or {}):
-            if not 0 <= int(token) < self.model_config.vocab_size:
-                raise ValueError(f"logit_bias token id {token} is out of range")
         base_seed = params.seed if params.seed is not None else self._rng.getrandbits(32)
         seqs = [Sequence(request_id, i, ids, params, base_seed + i, max_tokens, arrival_time)
                 for i in range(params.n)]
