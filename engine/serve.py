@@ -4,8 +4,8 @@ Three kinds of process (docs/architecture.md): this one, which starts the others
 0; the engine core (scheduler, KV blocks, model runner: nothing but steps; engine/core/); and
 ``--api-server-count - 1`` more API servers on the same port. Start-up logs the settings, waits
 for the core to load the model, then serves (/health answers 503 while the core warms up).
-SIGINT or SIGTERM drains every API server (up to --graceful-shutdown-timeout), then stops the
-core, and exits 0. If the core dies, every API server answers 503 and exits 1, and so does this
+SIGINT or SIGTERM drains every API server (past --graceful-shutdown-timeout each request still
+running ends with an error event and ``data: [DONE]``, or a 503), then stops the core, and exits 0. If the core dies, every API server answers 503 and exits 1, and so does this
 process. Children die with this process, whatever kills it.
 """
 
@@ -39,7 +39,14 @@ STOP_GRACE_S = 10.0
 def serve(args: argparse.Namespace) -> int:
     logger.info("Tessera %s starting with %s", tessera_version(), describe(args))
     settings_without_names = dict(
-        api_key=args.api_key,
+        api_keys=args.api_key or [],
+        trust_request_chat_template=args.trust_request_chat_template,
+        allowed_origins=args.allowed_origins,
+        allowed_methods=args.allowed_methods,
+        allowed_headers=args.allowed_headers,
+        allow_credentials=args.allow_credentials,
+        root_path=args.root_path,
+        metric_prefixes=tuple(args.metric_prefixes),
         chat_template=load_chat_template(args.chat_template),
         generation_defaults=load_generation_defaults(args.generation_config, args.model),
         log_requests=not args.disable_log_requests,
@@ -59,8 +66,8 @@ def serve(args: argparse.Namespace) -> int:
         raise ValueError(str(err)) from None
     settings = ServerSettings(served_model_names=args.served_model_name or [model.name],
                               model_root=args.model or model.name, **settings_without_names)
-    if settings.api_key:
-        logger.info("API key required on /v1 routes")
+    if settings.api_keys:
+        logger.info("API key required on /v1 routes (%d key(s) accepted)", len(settings.api_keys))
     try:
         return _serve_http(args, core, model, settings)
     finally:
@@ -74,6 +81,7 @@ def _serve_http(args: argparse.Namespace, core: CoreProcess, model: ServedModel,
     specs = [ApiServerSpec(index=i, addresses=core.addresses, model=model, settings=settings,
                            host=args.host, port=sock.getsockname()[1],
                            graceful_shutdown_timeout=args.graceful_shutdown_timeout,
+                           ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile, ssl_ca_certs=args.ssl_ca_certs,
                            uvicorn_log_level=args.uvicorn_log_level, log_stats=i == 0 and not args.disable_log_stats,
                            setup_logging=configure_logging)
              for i in range(args.api_server_count)]

@@ -29,12 +29,16 @@ from engine.core.transport import CoreAddresses
 from server.app import build_app
 from server.engine_loop import EngineLoop
 from server.metrics import ServerMetrics
+from server.root_path import under_root_path
 from server.state import ServerSettings
 
 logger = logging.getLogger(__name__)
 
 DEAD_CORE_GRACE_S = 3.0
 STATS_INTERVAL_S = 10.0
+# uvicorn's own deadline comes this long after ours, so ended streams can send their last event.
+STREAM_CLOSE_MARGIN_S = 5.0
+SHUTDOWN_MESSAGE = "The server is shutting down: this request was ended after the graceful shutdown timeout."
 
 
 @dataclasses.dataclass
@@ -48,18 +52,34 @@ class ApiServerSpec:
     host: str
     port: int
     graceful_shutdown_timeout: float = 30.0
+    ssl_keyfile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_ca_certs: str | None = None
     uvicorn_log_level: str = "info"
     log_stats: bool = True
     setup_logging: Callable[[], None] | None = None
 
 
 class _Server(uvicorn.Server):
-    """uvicorn, minus re-raising the caught signal after a graceful shutdown (so the exit code is 0).
-    Spawned API servers leave SIGINT (Ctrl-C reaches the whole process group) to API server 0,
-    which passes it on as SIGTERM; a second signal would make uvicorn skip draining."""
+    """uvicorn, minus re-raising the caught signal after a graceful shutdown (so the exit code is 0),
+    plus ending the requests still running once the grace time is over. Spawned API servers leave
+    SIGINT (Ctrl-C reaches the whole process group) to API server 0, which passes it on as SIGTERM;
+    a second signal would make uvicorn skip draining."""
 
     on_signal: Callable[[], None] | None = None
     handled: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, config: uvicorn.Config, grace_s: float, end_requests: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._grace_s = grace_s
+        self._end_requests = end_requests
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        timer = asyncio.get_running_loop().call_later(self._grace_s, self._end_requests)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            timer.cancel()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -79,8 +99,9 @@ class _Server(uvicorn.Server):
         await super().startup(sockets)
         if self.started:
             host, port = self.servers[0].sockets[0].getsockname()[:2]
-            logger.info("Tessera API server ready on http://%s:%d (OpenAI base_url http://%s:%d/v1, docs at /docs)",
-                        host, port, host, port)
+            scheme = "https" if self.config.ssl_keyfile else "http"
+            base = f"{scheme}://{host}:{port}{self.config.root_path}"
+            logger.info("Tessera API server ready on %s (OpenAI base_url %s/v1, docs at %s/docs)", base, base, base)
 
 
 def listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -98,7 +119,8 @@ def listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
 def build_engine_loop(spec: ApiServerSpec, core_alive: Callable[[], bool],
                       on_core_death: Callable[[], None] | None = None) -> EngineLoop:
     engine_loop: EngineLoop
-    metrics = ServerMetrics(spec.settings.served_model_names[0], lambda: engine_loop.stats)
+    metrics = ServerMetrics(spec.settings.served_model_names[0], lambda: engine_loop.stats,
+                            prefixes=spec.settings.metric_prefixes)
     engine_loop = EngineLoop(spec.addresses, spec.index, spec.model, core_alive, metrics,
                              STATS_INTERVAL_S if spec.log_stats else None, on_core_death)
     return engine_loop
@@ -115,10 +137,13 @@ def run_api_server(spec: ApiServerSpec, sock: socket.socket, core_alive: Callabl
         exit_code = 1
         asyncio.get_running_loop().call_later(DEAD_CORE_GRACE_S, setattr, server, "should_exit", True)
 
-    app = build_app(build_engine_loop(spec, core_alive, on_core_death), spec.settings)
-    config = uvicorn.Config(app, log_config=None, log_level=spec.uvicorn_log_level,
-                            timeout_graceful_shutdown=spec.graceful_shutdown_timeout)
-    server = _Server(config)
+    engine_loop = build_engine_loop(spec, core_alive, on_core_death)
+    root = spec.settings.root_path
+    config = uvicorn.Config(under_root_path(build_app(engine_loop, spec.settings), root), log_config=None,
+                            log_level=spec.uvicorn_log_level, root_path=root, ssl_keyfile=spec.ssl_keyfile,
+                            ssl_certfile=spec.ssl_certfile, ssl_ca_certs=spec.ssl_ca_certs,
+                            timeout_graceful_shutdown=spec.graceful_shutdown_timeout + STREAM_CLOSE_MARGIN_S)
+    server = _Server(config, spec.graceful_shutdown_timeout, lambda: engine_loop.end_all(SHUTDOWN_MESSAGE))
     server.on_signal = on_signal
     if spec.index > 0:
         signal.signal(signal.SIGINT, signal.SIG_IGN)

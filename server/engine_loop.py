@@ -3,9 +3,10 @@
 ``add_request`` sends the prompt's token ids to the core and waits for its admission (a ValueError
 from the engine is raised here, as a 400); each admitted request gets a RequestTracker that turns
 the core's per-step token deltas into text (detokenization and stop strings happen here, not in
-the core) and a RequestStream the handler reads. The core's stats arrive with every step and feed
-/metrics. If the core dies (its process is gone, or it says it failed), every waiting request gets
-an EngineDeadError, ``alive`` turns false (/health answers 503) and ``on_core_death`` runs.
+the core) and a RequestStream the handler reads. A request the engine fails on ends alone with a
+RequestFailedError. The core's stats arrive with every step and feed /metrics. If the core dies
+(its process is gone, or it says it failed), every waiting request gets an EngineDeadError,
+``alive`` turns false (/health answers 503) and ``on_core_death`` runs.
 """
 
 from __future__ import annotations
@@ -33,8 +34,14 @@ logger = logging.getLogger(__name__)
 LIVENESS_POLL_S = 0.1
 
 
-class EngineDeadError(RuntimeError):
-    pass
+class RequestFailedError(RuntimeError):
+    """A request ended by a failure, not by its own finish; ``status`` is the HTTP status to report."""
+
+    status = 500
+
+
+class EngineDeadError(RequestFailedError):
+    status = 503
 
 
 class RequestStream:
@@ -70,6 +77,8 @@ class _Tracked:
     arrival: float
     admitted: asyncio.Future[None]
     num_tokens: int = 0
+    scheduled_time: float | None = None
+    first_token_time: float | None = None
     last_token_time: float | None = None
 
 
@@ -143,6 +152,10 @@ class EngineLoop:
             raise
         return tracked.stream
 
+    def end_all(self, message: str) -> None:
+        """Ends every running request with an EngineDeadError(message) (shutdown past its grace time)."""
+        self._fail_all(EngineDeadError(message), abort=True)
+
     def abort(self, request_id: str) -> None:
         tracked = self._tracked.pop(request_id, None)
         if tracked is None:
@@ -180,12 +193,19 @@ class EngineLoop:
                 tracked.admitted.set_result(None)
             else:
                 del self._tracked[admission.request_id]
-                tracked.admitted.set_exception(ValueError(admission.error))
+                error = ValueError(admission.error) if admission.status == 400 else RequestFailedError(admission.error)
+                tracked.admitted.set_exception(error)
+        for failure in step.failures:
+            failed = self._tracked.pop(failure.request_id, None)
+            if failed is not None:
+                failed.stream.put(RequestFailedError(failure.error))
         touched: dict[str, _Tracked] = {}
         for delta in step.deltas:
             tracked = self._tracked.get(delta.request_id)
             if tracked is None:
                 continue
+            if delta.scheduled_time is not None:
+                tracked.scheduled_time = delta.scheduled_time
             if tracked.tracker.apply(delta) and self._client is not None:
                 self._client.send(AbortRequests([delta.request_id]))  # a stop string ended it here
             touched[delta.request_id] = tracked
@@ -206,6 +226,7 @@ class EngineLoop:
         if total > tracked.num_tokens:
             if tracked.last_token_time is None:
                 self.metrics.time_to_first_token.observe(now - tracked.arrival)
+                tracked.first_token_time = now
             else:
                 self.metrics.inter_token_latency.observe(now - tracked.last_token_time)
             tracked.last_token_time = now
@@ -213,6 +234,16 @@ class EngineLoop:
         if out.finished:
             reason = out.outputs[0].finish_reason or "stop"
             self.metrics.request_finished(reason, now - tracked.arrival, len(out.prompt_token_ids), total)
+            self._observe_phases(tracked, now)
+
+    def _observe_phases(self, tracked: _Tracked, now: float) -> None:
+        assert self.metrics is not None
+        scheduled = tracked.scheduled_time if tracked.scheduled_time is not None else tracked.arrival
+        first_token = tracked.first_token_time if tracked.first_token_time is not None else now
+        self.metrics.queue_time.observe(scheduled - tracked.arrival)
+        self.metrics.prefill_time.observe(first_token - scheduled)
+        self.metrics.decode_time.observe(now - first_token)
+        self.metrics.inference_time.observe(now - scheduled)
 
     # ---- the core's death ----------------------------------------------------------------------
     async def _watch(self) -> None:
@@ -229,7 +260,7 @@ class EngineLoop:
         if self._on_core_death is not None:
             self._on_core_death()
 
-    def _fail_all(self, error: EngineDeadError, abort: bool) -> None:
+    def _fail_all(self, error: RequestFailedError, abort: bool) -> None:
         for request_id, tracked in list(self._tracked.items()):
             if abort and self._client is not None and not self._dead:
                 self._client.send(AbortRequests([request_id]))

@@ -152,13 +152,38 @@ def test_text_free_engine_makes_no_text(engine: LLMEngine, text_free: bool) -> N
 
 
 def test_an_add_request_that_does_not_decode_is_refused_alone() -> None:
-    """seed=True passes SamplingParams.validate (a bool is an int) but not the core's typed decoding."""
+    """Params of a type the core's typed decoding refuses (whatever let them through on the API side)."""
+    import msgspec
+
     from engine.core.messages import decode_to_core, refusal_of
 
-    data = encode(AddRequest("odd", 3, [1, 2], SamplingParams(seed=True), 0.0))  # type: ignore[arg-type]
+    data = msgspec.msgpack.encode(["AddRequest", "odd", 3, [1, 2], {"seed": "forty-two"}, 0.0])
     with pytest.raises(ValueError) as caught:
         decode_to_core(data)
     refusal = refusal_of(data, caught.value)
     assert isinstance(refusal, Refused) and (refusal.request_id, refusal.client_index) == ("odd", 3)
     assert "seed" in refusal.error
     assert refusal_of(b"\xc1", caught.value) is None
+
+
+def test_failing_steps_end_their_requests_until_three_in_a_row_stop_the_core(engine: LLMEngine,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    sockets = _Sockets()
+    core = EngineCore(engine, sockets, threading.Event())  # type: ignore[arg-type]
+
+    def broken_step() -> list[Any]:
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(engine, "step", broken_step)
+    for attempt in range(2):
+        sockets.inbox.put(AddRequest(f"r{attempt}", 0, [5, 6], SamplingParams(max_tokens=2), 0.0))
+        core.run_once()
+        failures = [f for m in sockets.sent if isinstance(m, StepOutputs) for f in m.failures]
+        assert [f.request_id for f in failures] == [f"r{attempt}"] and "device lost" not in failures[0].error
+        sockets.sent.clear()
+        stats = engine.stats()
+        assert stats.num_free_blocks == stats.num_blocks and not engine.has_unfinished_requests()
+    sockets.inbox.put(AddRequest("r2", 0, [5, 6], SamplingParams(max_tokens=2), 0.0))
+    with pytest.raises(RuntimeError, match="device lost"):
+        core.run_once()  # the third failure in a row: the core process exits and its API servers answer 503
+    engine.abort_request("r2")

@@ -37,11 +37,11 @@ def _error(response: httpx.Response, status: int) -> dict[str, Any]:
     (b'{"model": "tiny", "prompt": [1, 2', 400, None, "not valid JSON"),
     (b'{"model": "tiny", "prompt": [1], "max_tokens": "ten"}', 400, "max_tokens", "Expected `int | null`"),
     (b'{"model": "tiny", "prompt": {"a": 1}}', 400, "prompt", "Expected"),
-    (b'{"model": "tiny", "prompt": [1], "max_tokens": -5}', 400, "max_tokens", "max_tokens must be"),
-    (b'{"model": "tiny", "prompt": [1], "temperature": -1}', 400, "temperature", "temperature must be"),
+    (b'{"model": "tiny", "prompt": [1], "max_tokens": -5}', 400, "max_tokens", "Expected `int` >= 1"),
+    (b'{"model": "tiny", "prompt": [1], "temperature": -1}', 400, "temperature", "Expected `float` >= 0"),
     (b'{"model": "tiny", "prompt": [1], "logit_bias": {"x": 1}}', 400, "logit_bias", "token ids"),
     (b'{"model": "tiny", "prompt": [1, 99999999]}', 400, "prompt", "out of range"),
-    (b'{"model": "tiny", "prompt": []}', 400, "prompt", "not empty"),
+    (b'{"model": "tiny", "prompt": []}', 400, "prompt", "length >= 1"),
     (b'{"model": "tiny", "prompt": [1], "stream_options": {"include_usage": true}}', 400, "stream_options",
      "stream is true"),
     (b'{"model": "nope", "prompt": [1]}', 404, "model", "The model `nope` does not exist."),
@@ -129,14 +129,18 @@ def _when_ready(client: TestClient[Any]) -> TestClient[Any]:
     raise AssertionError("the app never heard from the engine core")
 
 
-def test_api_key(tiny_server: Any) -> None:
-    with TestClient(_app(tiny_server, 1, api_key="sesame")) as client:
+def test_api_keys(tiny_server: Any) -> None:
+    with TestClient(_app(tiny_server, 1, api_keys=["sesame", "open"])) as client:
         _when_ready(client)
-        error = _error(client.get("/v1/models"), 401)  # type: ignore[arg-type]
+        response = client.get("/v1/models")
+        error = _error(response, 401)  # type: ignore[arg-type]
         assert error["type"] == "AuthenticationError"
+        assert response.headers["www-authenticate"].startswith("Bearer")
         _error(client.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401)  # type: ignore[arg-type]
+        _error(client.get("/v1/models", headers={"Authorization": "Basic sesame"}), 401)  # type: ignore[arg-type]
         _error(client.post("/tokenize", json={"prompt": "x"}), 401)  # type: ignore[arg-type]
-        assert client.get("/v1/models", headers={"Authorization": "Bearer sesame"}).status_code == 200
+        for key in ("sesame", "open"):
+            assert client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
         assert client.get("/metrics").status_code == 200
 
 
@@ -146,3 +150,33 @@ def test_overloaded_server_answers_503(tiny_server: Any) -> None:
         response = client.post("/v1/completions", json=GOOD)
         assert "overloaded" in _error(response, 503)["message"]  # type: ignore[arg-type]
         assert response.headers["retry-after"] == "1"
+
+
+@pytest.fixture(scope="module")
+def faulty_server() -> Iterator[Any]:
+    """An engine core whose first step raises and whose add_request raises on prompts with token 13."""
+    from server.background import LocalServer
+    from tests.tiny_server import build_faulty_engine
+
+    def settings(_: Any) -> ServerSettings:
+        return ServerSettings(served_model_names=["tiny"], model_root="tiny")
+
+    with LocalServer(build_faulty_engine, settings) as server:
+        yield server
+
+
+def test_failing_step_ends_its_requests_and_the_server_goes_on(faulty_server: Any) -> None:
+    with httpx.Client(base_url=faulty_server.url, timeout=60) as client:
+        error = _error(client.post("/v1/completions", json=GOOD), 500)
+        assert "device hiccup" not in error["message"]
+        assert client.get("/health").status_code == 200
+        assert client.post("/v1/completions", json=GOOD).json()["usage"]["completion_tokens"] == 2
+        stats = faulty_server.engine_loop.stats
+        assert stats.num_free_blocks == stats.num_blocks
+
+
+def test_failing_add_ends_only_that_request(faulty_server: Any) -> None:
+    with httpx.Client(base_url=faulty_server.url, timeout=60) as client:
+        _error(client.post("/v1/completions", json={**GOOD, "prompt": [13]}), 500)
+        assert client.get("/health").status_code == 200
+        assert client.post("/v1/completions", json=GOOD).json()["usage"]["completion_tokens"] == 2

@@ -45,3 +45,25 @@ def build_tiny_engine(step_delay_s: float = 0.0, **overrides: Any) -> LLMEngine:
 def _slow_step(step: Any, delay_s: float, *args: Any, **kwargs: Any) -> Any:
     time.sleep(delay_s)
     return step(*args, **kwargs)
+
+
+def build_faulty_engine() -> LLMEngine:
+    """The tiny engine, but its first step raises and add_request raises on any prompt with token 13
+    (failures that are bugs, not bad input: each must end only its own requests)."""
+    engine = build_tiny_engine()
+    engine.step = functools.partial(_step_failing_once, engine.step, [1])  # type: ignore[method-assign]
+    engine.add_request = functools.partial(_add_failing_on_13, engine.add_request)  # type: ignore[method-assign]
+    return engine
+
+
+def _step_failing_once(step: Any, failures: list[int], *args: Any, **kwargs: Any) -> Any:
+    if failures:
+        failures.pop()
+        raise RuntimeError("device hiccup")
+    return step(*args, **kwargs)
+
+
+def _add_failing_on_13(add: Any, request_id: str, prompt: Any, *args: Any, **kwargs: Any) -> None:
+    if 13 in prompt:
+        raise OverflowError("Python int too large to convert to C int")
+    add(request_id, prompt, *args, **kwargs)

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import queue
 import threading
+import time
 
 from engine.core.messages import (
     AbortRequests,
@@ -21,6 +22,7 @@ from engine.core.messages import (
     Admission,
     CoreStats,
     CoreStatus,
+    Failure,
     Hello,
     Refused,
     SequenceDelta,
@@ -35,6 +37,7 @@ from engine.outputs import PositionLogprobs, RequestOutput
 logger = logging.getLogger(__name__)
 
 IDLE_POLL_S = 0.5
+MAX_CONSECUTIVE_STEP_FAILURES = 3
 
 
 @dataclasses.dataclass
@@ -44,6 +47,7 @@ class _Owner:
     client: int
     sent: list[int]
     prompt_logprobs_sent: bool = False
+    scheduled_time: float | None = None
 
 
 class EngineCore:
@@ -53,6 +57,8 @@ class EngineCore:
         self.sockets = sockets
         self.stop_requested = stop_requested
         self._owners: dict[str, _Owner] = {}
+        self._unscheduled: set[str] = set()
+        self._step_failures = 0
 
     def run(self) -> None:
         """Steps until ``stop_requested``; then aborts whatever is still running."""
@@ -67,11 +73,53 @@ class EngineCore:
         idle = not self.engine.has_unfinished_requests()
         changed = self._apply_all(self._take(block=idle))
         if self.engine.has_unfinished_requests():
-            deltas: dict[int, list[SequenceDelta]] = {}
-            self._collect(self.engine.step(), deltas)
-            self._send(deltas)
+            self._step()
         elif changed:
             self._send({})
+
+    def _step(self) -> None:
+        """One engine step; a step that raises ends the requests in flight, not the core (unless
+        MAX_CONSECUTIVE_STEP_FAILURES steps in a row raise)."""
+        started = time.monotonic()
+        try:
+            outputs = self.engine.step()
+        except Exception as exc:
+            self._step_failures += 1
+            if self._step_failures >= MAX_CONSECUTIVE_STEP_FAILURES:
+                raise
+            logger.exception("An engine step failed; ending the %d request(s) in flight with an error",
+                             len(self._owners))
+            self._fail_all(f"The engine failed on this request's batch: {type(exc).__name__}")
+            return
+        self._step_failures = 0
+        self._mark_scheduled(started)
+        deltas: dict[int, list[SequenceDelta]] = {}
+        self._collect(outputs, deltas)
+        self._send(deltas)
+
+    def _mark_scheduled(self, step_start: float) -> None:
+        """Requests that this step started computing (or finished) were scheduled at its start."""
+        for request_id in list(self._unscheduled):
+            state = self.engine.requests.get(request_id)
+            if state is None or any(seq.num_computed_tokens for seq in state.seqs):
+                self._unscheduled.discard(request_id)
+                owner = self._owners.get(request_id)
+                if owner is not None:
+                    owner.scheduled_time = step_start
+
+    def _fail_all(self, error: str) -> None:
+        failures: dict[int, list[Failure]] = {}
+        for request_id, owner in self._owners.items():
+            try:
+                self.engine.abort_request(request_id)
+            except Exception:  # noqa: BLE001 - the request is ended either way
+                logger.exception("Aborting request %s after a failure failed too", request_id)
+            failures.setdefault(owner.client, []).append(Failure(request_id, error))
+        self._owners.clear()
+        self._unscheduled.clear()
+        stats = self.stats()
+        for client, failed in failures.items():
+            self.sockets.send(client, StepOutputs([], [], stats, failed))
 
     def _take(self, block: bool) -> list[ToCore]:
         messages: list[ToCore] = []
@@ -109,11 +157,18 @@ class EngineCore:
             self.engine.add_request(add.request_id, add.prompt_token_ids, add.params, add.arrival_time)
         except ValueError as err:
             return Admission(add.request_id, str(err))
+        except Exception as exc:  # a bug, not bad input: this request fails alone
+            logger.exception("Adding request %s failed", add.request_id)
+            if add.request_id in self.engine.requests:
+                self.engine.abort_request(add.request_id)
+            return Admission(add.request_id, f"The engine could not add this request: {type(exc).__name__}", 500)
         self._owners[add.request_id] = _Owner(add.client_index, [0] * add.params.n)
+        self._unscheduled.add(add.request_id)
         return Admission(add.request_id)
 
     def _abort(self, abort: AbortRequests) -> None:
         for request_id in abort.request_ids:
+            self._unscheduled.discard(request_id)
             if self._owners.pop(request_id, None) is not None:
                 self.engine.abort_request(request_id)
 
@@ -134,12 +189,14 @@ class EngineCore:
                 if not owner.prompt_logprobs_sent and o.index == 0:
                     owner.prompt_logprobs_sent = True
                     delta.num_cached_tokens = out.num_cached_tokens
+                    delta.scheduled_time = owner.scheduled_time
                     if out.prompt_logprobs is not None:
                         delta.prompt_logprobs = [None if p is None else _wire(p) for p in out.prompt_logprobs]
                 owner.sent[o.index] = len(o.token_ids)
                 into.append(delta)
             if out.finished:
                 del self._owners[out.request_id]
+                self._unscheduled.discard(out.request_id)
 
     def _send(self, deltas: dict[int, list[SequenceDelta]]) -> None:
         stats = self.stats()

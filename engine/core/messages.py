@@ -55,14 +55,24 @@ class SequenceDelta(msgspec.Struct, array_like=True, omit_defaults=True):
     logprobs: list[WireLogprobs] | None = None  # one entry per new token, when asked
     cumulative_logprob: float | None = None
     prompt_logprobs: list[WireLogprobs | None] | None = None  # once, with the request's first delta
-    num_cached_tokens: int = 0
+    num_cached_tokens: int = 0  # with the first delta too
+    scheduled_time: float | None = None  # with the first delta: time.monotonic() of its first step
 
 
 class Admission(msgspec.Struct, array_like=True, omit_defaults=True):
-    """The engine's answer to an AddRequest: ``error`` is its ValueError (too long, bad ids, ...)."""
+    """The engine's answer to an AddRequest: ``error`` is its ValueError (too long, bad ids, ...:
+    ``status`` 400) or what went wrong in the engine (500)."""
 
     request_id: str
     error: str | None = None
+    status: int = 400
+
+
+class Failure(msgspec.Struct, array_like=True):
+    """A running request the engine had to end (a step failed on its batch); it fails alone."""
+
+    request_id: str
+    error: str
 
 
 class CoreStats(msgspec.Struct, array_like=True):
@@ -85,6 +95,7 @@ class StepOutputs(msgspec.Struct, tag=True, array_like=True):
     deltas: list[SequenceDelta]
     admissions: list[Admission]
     stats: CoreStats
+    failures: list[Failure] = []
 
 
 class CoreStatus(msgspec.Struct, tag=True, array_like=True):
