@@ -46,8 +46,9 @@ def prompt_ids(scenario: str, seed: int = 0) -> list[list[int]]:
     return [[rng.randrange(100, 30000) for _ in range(input_len)] for _ in range(batch)]
 
 
-def summarize(scenario: str, seconds: float) -> dict[str, float]:
-    batch, _, output_len = SCENARIOS[scenario]
+def summarize(scenario: str, seconds: float, output_len: int | None = None) -> dict[str, float]:
+    batch, _, default_len = SCENARIOS[scenario]
+    output_len = output_len or default_len
     return {"scenario": scenario, "seconds": seconds, "output_tok_per_s": batch * output_len / seconds}
 
 
@@ -76,8 +77,8 @@ class HfPeer:
         self.model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                           dtype=torch.float32).eval()
 
-    def run(self, scenario: str, seed: int = 0) -> dict[str, float]:
-        _, _, output_len = SCENARIOS[scenario]
+    def run(self, scenario: str, seed: int = 0, output_len: int | None = None) -> dict[str, float]:
+        output_len = output_len or SCENARIOS[scenario][2]
         ids = self.torch.tensor(prompt_ids(scenario, seed))
         started = time.perf_counter()
         with self.torch.inference_mode():
@@ -85,14 +86,15 @@ class HfPeer:
                                       max_new_tokens=output_len, min_new_tokens=output_len, pad_token_id=0)
         seconds = time.perf_counter() - started
         assert out.shape[1] == ids.shape[1] + output_len
-        return summarize(scenario, seconds)
+        return summarize(scenario, seconds, output_len)
 
 
 def serve_worker(peer: HfPeer) -> None:
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
-        print(json.dumps(peer.run(request["scenario"], request.get("seed", 0))), flush=True)
+        print(json.dumps(peer.run(request["scenario"], request.get("seed", 0), request.get("output_len"))),
+              flush=True)
 
 
 def main() -> None:
@@ -107,8 +109,8 @@ def main() -> None:
     if args.worker:
         serve_worker(peer)
         return
+    peer.run("long1800_first")  # warm-up
     for scenario in args.scenario or list(SCENARIOS):
-        peer.run(scenario)
         runs = [peer.run(scenario, seed) for seed in range(1, args.repeats + 1)]
         median = statistics.median(r["seconds"] for r in runs)
         print(json.dumps({**summarize(scenario, median), "runs_s": [r["seconds"] for r in runs]}))
