@@ -80,7 +80,7 @@ def build_parser(prog: str = "python -m engine.serve") -> argparse.ArgumentParse
     engine.add_argument("--max-num-seqs", type=int, default=256, metavar="N",
                         help="most sequences in one batch (default: %(default)s)")
     engine.add_argument("--max-num-batched-tokens", type=human_int, metavar="TOKENS",
-                        help="most tokens in one step (default: 2048 with chunked prefill)")
+                        help="most tokens in one step (default with chunked prefill: 512 on CPU, 2048 elsewhere)")
     engine.add_argument("--gpu-memory-utilization", type=float, default=0.9, metavar="FRACTION",
                         help="fraction of accelerator memory for weights, activations and KV cache "
                              "(default: %(default)s)")

@@ -12,6 +12,8 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
+import jax
+
 from engine.block_manager import BlockManager
 from engine.compilation import compilation_count, enable_persistent_cache, install_counter
 from engine.config import EngineConfig
@@ -64,6 +66,7 @@ class RequestState:
 class LLMEngine:
     def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None,
                  sharding: ModelSharding | None = None) -> None:
+        config = config.with_platform_defaults(jax.default_backend())
         config.validate()
         install_counter()
         enable_persistent_cache(config.compilation_cache_dir)
