@@ -135,7 +135,8 @@ def serve(args: argparse.Namespace, tp: int, name: str) -> dict[str, Any]:
             client = [sys.executable, "-m", "benchmarks.serve", "--base-url", f"http://127.0.0.1:{port}",
                       "--dataset", "sharegpt", "--num-prompts", str(args.num_prompts), "--request-rate", "inf",
                       "--sharegpt-max-input-len", str(args.max_model_len // 2),
-                      "--sharegpt-max-output-len", str(args.max_model_len // 4), "--result-json", str(result)]
+                      "--sharegpt-max-output-len", str(args.max_model_len // 4), "--result-json", str(result),
+                      "--vocab-size", str(json.loads((Path(args.model) / "config.json").read_text())["vocab_size"])]
             _wait_healthy(port, server)
             code = _run(client, dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu"),
                         args.out / f"{name}-client.log")
