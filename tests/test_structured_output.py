@@ -68,6 +68,11 @@ def test_spec_bounds_and_canonical_form() -> None:
     (StructuredOutputSpec.json_schema({"type": "object", "properties": {"a": {"type": "frobnicate"}}}),
      "frobnicate"),
     (StructuredOutputSpec.grammar("start: undefined_rule"), "undefined_rule"),
+    (StructuredOutputSpec.regex("(a{1000}){1000}"), "expands to about 1000000 states"),
+    (StructuredOutputSpec.json_schema({"type": "string", "pattern": "^(x{500}){500}$"}), "expands"),
+    (StructuredOutputSpec.regex("[^\\x00-\\U0010FFFF]"), "admits no output"),
+    (StructuredOutputSpec.json_schema({"$ref": "#"}), "admits no output"),
+    (StructuredOutputSpec.json_schema({"$ref": "http://example.com/s.json"}), "example.com"),
 ])
 def test_compile_errors_name_the_problem(compiler: GrammarCompiler, spec: StructuredOutputSpec,
                                          fragment: str) -> None:
