@@ -1,9 +1,11 @@
-"""Offline throughput and latency over a grid of mesh shapes and sharding rule sets.
+"""Offline throughput and latency over a grid of mesh shapes, sharding rule sets and attention backends.
 
-For every (mesh, rules) pair one engine is built on the first ``product(mesh)`` devices with
-dummy weights placed by those rules, then: the throughput workload of benchmarks/throughput.py
-(warm-up pass, then a timed pass) and a batch-1 decode (one request alone). Writes a CSV and a
-PNG (throughput and per-step latency per layout) and prints the table.
+For every (mesh, rules, backend) one engine is built on the first ``product(mesh)`` devices
+with dummy weights placed by those rules, then: the throughput workload of
+benchmarks/throughput.py (warm-up pass, then a timed pass) and a batch-1 decode (one request
+alone). Writes a CSV, a JSON and a PNG (throughput and batch-1 time per token per layout, with
+the one-device layout as a reference line; ``pip install -e .[bench]`` for matplotlib) and
+prints the table.
 
   # CPU, 8 fake devices, a tiny model:
   python -m benchmarks.sweep --cpu-devices 8 --meshes tp=1 tp=2 tp=4 dp=2,tp=2 \\
@@ -12,6 +14,9 @@ PNG (throughput and per-step latency per layout) and prints the table.
   python -m benchmarks.sweep --model benchmarks/configs/llama-3-8b --dtype bfloat16 \\
       --meshes tp=1 tp=2 --rules default --num-prompts 128 --input-len 256 --output-len 128 \\
       --out benchmarks/results/sweep_8b_tp2
+  # kernel against reference attention under tp=2
+  python -m benchmarks.sweep --model benchmarks/configs/llama-3-8b --dtype bfloat16 \
+      --meshes tp=1 tp=2 --attention-backends pallas_gpu reference --out benchmarks/results/sweep_8b_attn
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
+import itertools
 import json
 import math
 import os
@@ -33,7 +39,7 @@ TINY_CONFIG = {
     "max_position_embeddings": 1024, "rms_norm_eps": 1e-5, "torch_dtype": "float32",
 }
 CPU_KV_BLOCKS = 1024  # the CPU has no memory statistics to size the cache from
-COLUMNS = ["mesh", "rules", "devices", "output_tokens_per_s", "total_tokens_per_s", "ms_per_step",
+COLUMNS = ["mesh", "rules", "backend", "devices", "output_tokens_per_s", "total_tokens_per_s", "ms_per_step",
            "batch1_ms_per_token", "steps", "compilations_after_warmup", "kv_blocks", "error"]
 
 
@@ -49,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--num-gpu-blocks-override", type=int, default=None)
-    parser.add_argument("--attention-backend", default=None)
+    parser.add_argument("--attention-backends", "--attention-backend", nargs="+", default=[None],
+                        metavar="NAME", help="attention backends to sweep (default: the platform's)")
     parser.add_argument("--cpu-devices", type=int, default=None,
                         help="run on the CPU with this many fake devices (sets XLA_FLAGS; must come first)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sweep"),
@@ -58,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _engine(args: argparse.Namespace, model_dir: str, mesh: str, rules: str) -> Any:
+def _engine(args: argparse.Namespace, model_dir: str, mesh: str, rules: str, backend: str | None) -> Any:
     import jax
 
     from engine import EngineConfig, LLMEngine
@@ -71,17 +78,17 @@ def _engine(args: argparse.Namespace, model_dir: str, mesh: str, rules: str) -> 
     config = EngineConfig(
         model=model_dir, load_format="dummy", dtype=args.dtype, max_num_seqs=args.max_num_seqs,
         max_model_len=args.max_model_len, num_gpu_blocks_override=args.num_gpu_blocks_override,
-        attention_backend=args.attention_backend, compilation_cache_dir=None,
+        attention_backend=backend, compilation_cache_dir=None,
     )
     return LLMEngine(config, sharding=sharding)
 
 
-def measure(args: argparse.Namespace, model_dir: str, mesh: str, rules: str) -> dict[str, Any]:
+def measure(args: argparse.Namespace, model_dir: str, mesh: str, rules: str, backend: str | None) -> dict[str, Any]:
     import numpy as np
 
     from benchmarks.throughput import run_workload
 
-    engine = _engine(args, model_dir, mesh, rules)
+    engine = _engine(args, model_dir, mesh, rules, backend)
     rng = np.random.default_rng(0)
     vocab = engine.model_config.vocab_size
 
@@ -96,7 +103,7 @@ def measure(args: argparse.Namespace, model_dir: str, mesh: str, rules: str) -> 
     alone = run_workload(engine, prompts(1), args.output_len)
     seconds = timed["seconds"]
     return {
-        "devices": engine.sharding.mesh.size,
+        "devices": engine.sharding.mesh.size, "backend": engine.runner.attention_backend,
         "output_tokens_per_s": args.num_prompts * args.output_len / seconds,
         "total_tokens_per_s": args.num_prompts * (args.input_len + args.output_len) / seconds,
         "ms_per_step": 1e3 * seconds / timed["steps"], "steps": timed["steps"],
@@ -110,24 +117,23 @@ def sweep(args: argparse.Namespace, model_dir: str) -> list[dict[str, Any]]:
     import jax
 
     rows = []
-    for mesh in args.meshes:
-        for rules in args.rules:
-            row: dict[str, Any] = {"mesh": mesh, "rules": rules, "error": ""}
-            try:
-                row.update(measure(args, model_dir, mesh, rules))
-            except (ValueError, RuntimeError) as err:  # a layout that does not fit this model or machine
-                row["error"] = str(err).splitlines()[0]
-            rows.append(row)
-            print(_format_row(row), flush=True)
-            gc.collect()  # free this layout's weights and KV cache before the next one sizes its own
-            jax.clear_caches()
+    for mesh, rules, backend in itertools.product(args.meshes, args.rules, args.attention_backends):
+        row: dict[str, Any] = {"mesh": mesh, "rules": rules, "backend": backend or "default", "error": ""}
+        try:
+            row.update(measure(args, model_dir, mesh, rules, backend))
+        except (ValueError, RuntimeError) as err:  # a layout that does not fit this model or machine
+            row["error"] = str(err).splitlines()[0]
+        rows.append(row)
+        print(_format_row(row), flush=True)
+        gc.collect()  # free this layout's weights and KV cache before the next one sizes its own
+        jax.clear_caches()
     return rows
 
 
 def _format_row(row: dict[str, Any]) -> str:
     if row["error"]:
-        return f"{row['mesh']:>12} {row['rules']:>18}  skipped: {row['error']}"
-    return (f"{row['mesh']:>12} {row['rules']:>18} {row['devices']:>3} dev  {row['output_tokens_per_s']:10.1f} out tok/s"
+        return f"{row['mesh']:>12} {row['rules']:>18} {row['backend']:>10}  skipped: {row['error']}"
+    return (f"{row['mesh']:>12} {row['rules']:>18} {row['backend']:>10} {row['devices']:>3} dev  {row['output_tokens_per_s']:10.1f} out tok/s"
             f"  {row['total_tokens_per_s']:10.1f} tok/s  {row['ms_per_step']:8.2f} ms/step"
             f"  batch-1 {row['batch1_ms_per_token']:8.2f} ms/token")
 
@@ -150,19 +156,24 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         raise SystemExit(f"matplotlib is not installed, so no plot was drawn ({path}); "
                          "`pip install matplotlib`, or pass --no-plot. The CSV and JSON are written.") from None
     done = [r for r in rows if not r["error"]]
-    labels = [f"{r['mesh']}\n{r['rules']}" for r in done]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(max(8, 1.4 * len(done) + 4), 4.5))
-    left.bar(labels, [r["output_tokens_per_s"] for r in done], color="tab:blue")
+    backends = {r["backend"] for r in done}
+    labels = [f"{r['mesh']}\n{r['rules']}" + (f"\n{r['backend']}" if len(backends) > 1 else "") for r in done]
+    one_device = next((r for r in done if r["devices"] == 1), None)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(9, 1.5 * len(done) + 4), 4.8))
+    x = list(range(len(done)))
+    left.bar(x, [r["output_tokens_per_s"] for r in done], color="tab:blue")
     left.set_ylabel("output tokens / s")
-    left.set_title("throughput")
-    x = range(len(done))
-    right.bar([i - 0.2 for i in x], [r["ms_per_step"] for r in done], width=0.4, label="mean step (batch)")
-    right.bar([i + 0.2 for i in x], [r["batch1_ms_per_token"] for r in done], width=0.4, label="batch-1 per token")
-    right.set_xticks(list(x), labels)
-    right.set_ylabel("ms")
-    right.set_title("latency")
-    right.legend()
+    left.set_title("offline throughput")
+    right.bar(x, [r["batch1_ms_per_token"] for r in done], color="tab:orange")
+    right.set_ylabel("ms per output token")
+    right.set_title("batch-1 decode latency")
+    if one_device is not None:
+        for axis, key in ((left, "output_tokens_per_s"), (right, "batch1_ms_per_token")):
+            axis.axhline(one_device[key], color="black", linestyle="--", linewidth=1,
+                         label=f"one device ({one_device['mesh']}, {one_device['rules']})")
+            axis.legend(fontsize=8)
     for axis in (left, right):
+        axis.set_xticks(x, labels)
         axis.tick_params(axis="x", labelsize=8)
     fig.suptitle(title)
     fig.tight_layout()

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from engine.config import EngineConfig
-from sharding.cli import add_multihost_args
+from sharding.cli import add_multihost_args, add_parallel_size_args, resolve_parallel_sizes
 
 API_KEY_ENV = "TESSERA_API_KEY"
 _SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "K": 2**10, "M": 2**20, "G": 2**30}
@@ -97,6 +97,7 @@ def build_parser(prog: str = "python -m engine.serve") -> argparse.ArgumentParse
     engine.add_argument("--attention-backend", metavar="NAME",
                         help="attention implementation; default: the best for the device")
     engine.add_argument("--mesh", type=mesh_spec, metavar="SPEC", help="device mesh, e.g. 'tp=4' or 'dp=2,tp=2'")
+    add_parallel_size_args(engine)
     engine.add_argument("--sharding-rules", default="default", metavar="NAME_OR_FILE",
                         help="how model axes map onto the mesh: a rule set name or a JSON/YAML file "
                              "(default: %(default)s)")
@@ -108,9 +109,26 @@ def build_parser(prog: str = "python -m engine.serve") -> argparse.ArgumentParse
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="0.0.0.0", metavar="ADDR", help="address to listen on (default: %(default)s)")
     server.add_argument("--port", type=int, default=8000, metavar="N", help="port to listen on (default: %(default)s)")
-    server.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), metavar="KEY",
-                        help=f"require 'Authorization: Bearer KEY' on /v1 and tokenizer routes "
-                             f"(default: ${API_KEY_ENV})")
+    server.add_argument("--api-key", action="extend", nargs="+", metavar="KEY",
+                        help=f"require 'Authorization: Bearer KEY' on /v1 and tokenizer routes; several keys "
+                             f"are all accepted (default: ${API_KEY_ENV})")
+    server.add_argument("--allowed-origins", nargs="+", default=[], metavar="ORIGIN",
+                        help="CORS: origins allowed to call the API from a browser, or '*' (default: no CORS)")
+    server.add_argument("--allowed-methods", nargs="+", default=["*"], metavar="METHOD",
+                        help="CORS: allowed methods (default: *)")
+    server.add_argument("--allowed-headers", nargs="+", default=["*"], metavar="HEADER",
+                        help="CORS: allowed request headers (default: *)")
+    server.add_argument("--allow-credentials", action="store_true", help="CORS: allow credentials")
+    server.add_argument("--ssl-keyfile", metavar="FILE", help="serve HTTPS with this private key")
+    server.add_argument("--ssl-certfile", metavar="FILE", help="serve HTTPS with this certificate")
+    server.add_argument("--ssl-ca-certs", metavar="FILE", help="CA certificates to verify client certificates")
+    server.add_argument("--root-path", default="", metavar="PATH",
+                        help="the path prefix a reverse proxy serves this server under, e.g. /tessera")
+    server.add_argument("--trust-request-chat-template", action="store_true",
+                        help="accept 'chat_template' in chat requests (rendered in a sandboxed child process "
+                             "with a time limit); refused by default")
+    server.add_argument("--metric-prefixes", nargs="+", default=["vllm:", "tessera:"], metavar="PREFIX",
+                        help="export each /metrics series under these name prefixes (default: vllm: tessera:)")
     server.add_argument("--max-pending-requests", type=int, default=4096, metavar="N",
                         help="answer 503 past this many unfinished requests (default: %(default)s)")
     server.add_argument("--graceful-shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
@@ -134,6 +152,13 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m engine.serv
     if args.config is not None:
         args = parser.parse_args(_config_file_args(parser, args.config) + argv)
     args.model = args.model_tag or args.model
+    resolve_parallel_sizes(parser, args)
+    if args.api_key is None and os.environ.get(API_KEY_ENV):
+        args.api_key = [os.environ[API_KEY_ENV]]
+    if bool(args.ssl_keyfile) != bool(args.ssl_certfile):
+        parser.error("--ssl-keyfile and --ssl-certfile go together")
+    if args.root_path and not args.root_path.startswith("/"):
+        parser.error(f"--root-path must start with '/', got {args.root_path!r}")
     return args
 
 

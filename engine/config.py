@@ -25,6 +25,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     attention_backend: str | None = None
     mesh: str | None = None  # e.g. "tp=4", "dp=2,tp=2" (sharding/mesh.py)
+    tensor_parallel_size: int | None = None  # vLLM's spelling of mesh "tp=N"; must agree with mesh
+    data_parallel_size: int | None = None  # vLLM's spelling of mesh "dp=N"
     sharding_rules: str = "default"  # a rule set name or a JSON/YAML file (sharding/rules.py)
     compilation_cache_dir: str | None = dataclasses.field(
         default_factory=lambda: os.environ.get(
@@ -33,7 +35,14 @@ class EngineConfig:
     )
     use_checkpoint_cache: bool = True
 
+    def mesh_spec(self) -> str | None:
+        """The mesh to build: ``mesh`` and the vLLM-style sizes combined (an error if they disagree)."""
+        from sharding.mesh import combine_mesh_flags
+
+        return combine_mesh_flags(self.mesh, self.tensor_parallel_size, self.data_parallel_size)
+
     def validate(self) -> None:
+        self.mesh_spec()
         if self.block_size not in (8, 16, 32, 64, 128):
             raise ValueError(f"block_size must be one of 8, 16, 32, 64, 128, got {self.block_size}")
         if not 0 < self.gpu_memory_utilization <= 1:

@@ -68,10 +68,10 @@ class LLMEngine:
         install_counter()
         enable_persistent_cache(config.compilation_cache_dir)
         self.config = config
-        if sharding is None and config.mesh:
+        if sharding is None and config.mesh_spec():
             from sharding.model_sharding import ModelSharding
 
-            sharding = ModelSharding.from_spec(config.mesh, config.sharding_rules)
+            sharding = ModelSharding.from_spec(config.mesh_spec(), config.sharding_rules)
         self.sharding = sharding
         if loaded is None:
             loaded = load_model(
@@ -82,9 +82,9 @@ class LLMEngine:
         self.model_config = loaded.config
         self.tokenizer = loaded.tokenizer
         self.model_name = loaded.name
-        params = loaded.params
+        params, run_config = loaded.params, loaded.config
         if sharding is not None:
-            sharding.check_model(self.model_config)
+            run_config = sharding.check_model(self.model_config)  # heads padded to split evenly
             params = sharding.shard_params(params)
             logger.info(sharding.describe())
         self.max_model_len = min(config.max_model_len or loaded.config.max_position_embeddings,
@@ -105,14 +105,11 @@ class LLMEngine:
             )
         self.max_num_batched_tokens = max(batched, config.max_num_seqs)
         backend = validate_backend(config.attention_backend) if config.attention_backend else default_backend()
-        if not config.attention_backend and sharding is not None and sharding.splits_heads():
-            backend = "reference"  # the Pallas kernels are not partitioned per head shard yet
-            logger.info("attention backend: reference (heads are split over the mesh)")
         self.eos_token_ids = frozenset(loaded.config.eos_token_ids) | (
             self.tokenizer.eos_token_ids if self.tokenizer is not None else frozenset()
         )
         self.runner = ModelRunner(
-            loaded.config, params, block_size=config.block_size, max_model_len=self.max_model_len,
+            run_config, params, block_size=config.block_size, max_model_len=self.max_model_len,
             max_num_seqs=config.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
             attention_backend=backend, num_blocks=config.num_gpu_blocks_override,
             kv_cache_memory_bytes=config.kv_cache_memory_bytes,
@@ -180,12 +177,9 @@ class LLMEngine:
                     arrival_time: float | None = None) -> None:
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
-        params.validate()
+        params.validate(self.model_config.vocab_size)
         text, ids = self.encode_prompt(prompt)
         max_tokens = self.check_length(len(ids), params)
-        for token in (params.logit_bias or {}):
-            if not 0 <= int(token) < self.model_config.vocab_size:
-                raise ValueError(f"logit_bias token id {token} is out of range")
         base_seed = params.seed if params.seed is not None else self._rng.getrandbits(32)
         seqs = [Sequence(request_id, i, ids, params, base_seed + i, max_tokens, arrival_time)
                 for i in range(params.n)]

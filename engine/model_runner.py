@@ -83,7 +83,7 @@ class ModelRunner:
         self.attention_backend = attention_backend
         if sharding is not None:
             sharding.check_attention_backend(attention_backend)
-        self.model: CausalLM = build_model(config, attention_backend)
+        self.model: CausalLM = build_model(config, attention_backend, sharding.head_sharding() if sharding else None)
         self.sharding = sharding
         self.dp = sharding.dp if sharding is not None else 1
         self.bytes_per_block = (

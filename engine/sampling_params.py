@@ -1,11 +1,20 @@
-"""Per-request sampling settings, validated up front so bad input never reaches the device."""
+"""Per-request sampling settings, validated up front so bad input never reaches the device.
+
+``validate`` accepts exactly what the server's request structs accept (both read their bounds from
+engine/request_limits.py) and raises ValueError, naming the field first, for anything else: a wrong
+type, a value outside its dtype or meaning, a token id outside the vocabulary. Nothing a caller
+puts in these fields can make a later engine step raise.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
-MAX_LOGPROBS = 20
+from engine import request_limits as lim
+
+MAX_LOGPROBS = lim.MAX_LOGPROBS
 
 
 @dataclasses.dataclass
@@ -33,44 +42,66 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
-        self.stop = list(self.stop or [])
-        self.stop_token_ids = list(self.stop_token_ids or [])
+        if self.stop is None or isinstance(self.stop, tuple):
+            self.stop = list(self.stop or [])
+        if self.stop_token_ids is None or isinstance(self.stop_token_ids, tuple):
+            self.stop_token_ids = list(self.stop_token_ids or [])
+        self.validate()
         if self.top_k == -1:
             self.top_k = 0
-        self.validate()
+        if self.temperature < lim.GREEDY_TEMPERATURE_EPS:
+            self.temperature = 0.0
 
-    def validate(self) -> None:
-        def bad(name: str, why: str) -> None:
-            raise ValueError(f"{name} {why}, got {getattr(self, name)!r}")
+    def validate(self, vocab_size: int | None = None) -> None:
+        """Raises ValueError ("<field> must ..., got ...") unless every field is in range.
 
-        if not isinstance(self.n, int) or self.n < 1:
-            bad("n", "must be an integer >= 1")
-        if self.temperature < 0:
-            bad("temperature", "must be >= 0")
-        if not 0 < self.top_p <= 1:
-            bad("top_p", "must be in (0, 1]")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            bad("top_k", "must be -1 (off), 0 (off) or a positive integer")
-        if not 0 <= self.min_p <= 1:
-            bad("min_p", "must be in [0, 1]")
-        if not -2 <= self.presence_penalty <= 2:
-            bad("presence_penalty", "must be in [-2, 2]")
-        if not -2 <= self.frequency_penalty <= 2:
-            bad("frequency_penalty", "must be in [-2, 2]")
-        if self.repetition_penalty <= 0:
-            bad("repetition_penalty", "must be > 0")
-        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
-            bad("max_tokens", "must be an integer >= 1")
-        if self.min_tokens < 0 or (self.max_tokens is not None and self.min_tokens > self.max_tokens):
-            bad("min_tokens", "must be >= 0 and <= max_tokens")
+        With ``vocab_size``, token ids (logit_bias keys, stop_token_ids) must also be below it.
+        """
+        max_id = vocab_size - 1 if vocab_size is not None else lim.INT32_MAX
+        _check_int("n", self.n, 1, lim.MAX_N)
+        _check_float("temperature", self.temperature, 0.0, lim.MAX_TEMPERATURE)
+        _check_float("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        _check_int("top_k", self.top_k, -1, lim.INT32_MAX)
+        _check_float("min_p", self.min_p, 0.0, 1.0)
+        if self.seed is not None:
+            _check_int("seed", self.seed, lim.INT64_MIN, lim.INT64_MAX)
+        _check_float("presence_penalty", self.presence_penalty, lim.MIN_PENALTY, lim.MAX_PENALTY)
+        _check_float("frequency_penalty", self.frequency_penalty, lim.MIN_PENALTY, lim.MAX_PENALTY)
+        _check_float("repetition_penalty", self.repetition_penalty, lim.MIN_REPETITION_PENALTY,
+                     lim.MAX_REPETITION_PENALTY)
+        self._check_logit_bias(max_id)
+        if self.max_tokens is not None:
+            _check_int("max_tokens", self.max_tokens, 1, lim.MAX_TOKENS_LIMIT)
+        _check_int("min_tokens", self.min_tokens, 0, self.max_tokens or lim.MAX_TOKENS_LIMIT)
+        for name in ("ignore_eos", "include_stop_str_in_output", "skip_special_tokens"):
+            if not isinstance(getattr(self, name), bool):
+                _bad(name, "must be true or false", getattr(self, name))
+        self._check_stops(max_id)
         for name in ("logprobs", "prompt_logprobs"):
-            value = getattr(self, name)
-            if value is not None and not 0 <= value <= MAX_LOGPROBS:
-                bad(name, f"must be in [0, {MAX_LOGPROBS}]")
-        if any(not s for s in self.stop):
-            bad("stop", "must not contain empty strings")
-        if self.seed is not None and not isinstance(self.seed, int):
-            bad("seed", "must be an integer")
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 0, lim.MAX_LOGPROBS)
+
+    def _check_logit_bias(self, max_id: int) -> None:
+        bias = self.logit_bias
+        if bias is None:
+            return
+        if not isinstance(bias, dict) or len(bias) > lim.MAX_LOGIT_BIAS_ENTRIES:
+            _bad("logit_bias", f"must map at most {lim.MAX_LOGIT_BIAS_ENTRIES} token ids to biases", bias)
+        for token, value in bias.items():
+            _check_int("logit_bias", token, 0, max_id, what="token id")
+            _check_float("logit_bias", value, -lim.MAX_LOGIT_BIAS, lim.MAX_LOGIT_BIAS, what="bias")
+
+    def _check_stops(self, max_id: int) -> None:
+        stop, ids = self.stop, self.stop_token_ids
+        if not isinstance(stop, list) or len(stop) > lim.MAX_STOP_STRINGS:
+            _bad("stop", f"must be a string or a list of at most {lim.MAX_STOP_STRINGS} strings", stop)
+        for s in stop:
+            if not isinstance(s, str) or not 0 < len(s) <= lim.MAX_STOP_STRING_CHARS:
+                _bad("stop", f"strings must be non-empty and at most {lim.MAX_STOP_STRING_CHARS} characters", s)
+        if not isinstance(ids, list) or len(ids) > lim.MAX_STOP_TOKEN_IDS:
+            _bad("stop_token_ids", f"must be a list of at most {lim.MAX_STOP_TOKEN_IDS} token ids", ids)
+        for token in ids:
+            _check_int("stop_token_ids", token, 0, max_id, what="token id")
 
     @property
     def greedy(self) -> bool:
@@ -91,3 +122,28 @@ class SamplingParams:
         if unknown:
             raise ValueError(f"unknown sampling parameter(s): {', '.join(unknown)}")
         return cls(**fields)
+
+
+def _bad(name: str, why: str, value: Any) -> None:
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    raise ValueError(f"{name} {why}, got {shown}")
+
+
+def _check_int(name: str, value: Any, low: int, high: int, what: str = "") -> None:
+    subject = f"{what} " if what else ""
+    if isinstance(value, bool) or not isinstance(value, int):
+        _bad(name, f"{subject}must be an integer", value)
+    if not low <= value <= high:
+        _bad(name, f"{subject}must be in [{low}, {high}]", value)
+
+
+def _check_float(name: str, value: Any, low: float, high: float, *, low_open: bool = False,
+                 what: str = "") -> None:
+    subject = f"{what} " if what else ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _bad(name, f"{subject}must be a number", value)
+    in_range = (low < value if low_open else low <= value) and value <= high
+    if not math.isfinite(value) or not in_range:
+        _bad(name, f"{subject}must be in {'(' if low_open else '['}{low}, {high}]", value)

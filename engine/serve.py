@@ -1,26 +1,30 @@
 """``python -m engine.serve [MODEL] [flags]``: the OpenAI-compatible API server.
 
 Start-up logs the settings, the model and KV cache, warm-up compilation, then the URL. SIGINT or
-SIGTERM stops accepting connections, lets in-flight requests finish (up to
---graceful-shutdown-timeout, then aborts them), stops the engine and exits 0.
+SIGTERM stops accepting connections and lets in-flight requests finish; past
+--graceful-shutdown-timeout each one still running is ended by the engine loop (a stream gets an
+error event and ``data: [DONE]``, a plain request a 503), so nothing is cut mid-body or cancelled
+with a traceback; then the engine stops and the process exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import signal
 import socket
 import sys
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 
 import uvicorn
 
 from engine.args import describe, engine_config, parse_args
 from engine.llm_engine import LLMEngine
 from server.app import build_app, tessera_version
+from server.root_path import under_root_path
 from server.chat_template import load_chat_template
 from server.sampling import load_generation_defaults
 from server.state import ServerSettings
@@ -31,10 +35,26 @@ from sharding.cli import init_distributed_from_args
 logger = logging.getLogger("engine.serve")
 
 STATS_INTERVAL_S = 10.0
+# uvicorn's own deadline comes this long after ours, so ended streams can send their last event.
+STREAM_CLOSE_MARGIN_S = 5.0
+SHUTDOWN_MESSAGE = "The server is shutting down: this request was ended after the graceful shutdown timeout."
 
 
 class _Server(uvicorn.Server):
-    """uvicorn, minus re-raising the caught signal after a graceful shutdown (so the exit code is 0)."""
+    """uvicorn, minus re-raising the caught signal after a graceful shutdown (so the exit code is 0),
+    plus ending the requests still running once the grace time is over."""
+
+    def __init__(self, config: uvicorn.Config, grace_s: float, end_requests: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._grace_s = grace_s
+        self._end_requests = end_requests
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        timer = asyncio.get_running_loop().call_later(self._grace_s, self._end_requests)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            timer.cancel()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -50,8 +70,9 @@ class _Server(uvicorn.Server):
         await super().startup(sockets)
         if self.started:
             host, port = self.servers[0].sockets[0].getsockname()[:2]
-            logger.info("Tessera API server ready on http://%s:%d (OpenAI base_url http://%s:%d/v1, docs at /docs)",
-                        host, port, host, port)
+            scheme = "https" if self.config.ssl_keyfile else "http"
+            base = f"{scheme}://{host}:{port}{self.config.root_path}"
+            logger.info("Tessera API server ready on %s (OpenAI base_url %s/v1, docs at %s/docs)", base, base, base)
 
 
 def configure_logging() -> None:
@@ -64,7 +85,14 @@ def configure_logging() -> None:
 def serve(args: argparse.Namespace) -> None:
     logger.info("Tessera %s starting with %s", tessera_version(), describe(args))
     settings_without_names = dict(
-        api_key=args.api_key,
+        api_keys=args.api_key or [],
+        trust_request_chat_template=args.trust_request_chat_template,
+        allowed_origins=args.allowed_origins,
+        allowed_methods=args.allowed_methods,
+        allowed_headers=args.allowed_headers,
+        allow_credentials=args.allow_credentials,
+        root_path=args.root_path,
+        metric_prefixes=tuple(args.metric_prefixes),
         chat_template=load_chat_template(args.chat_template),
         generation_defaults=load_generation_defaults(args.generation_config, args.model),
         log_requests=not args.disable_log_requests,
@@ -85,12 +113,15 @@ def serve(args: argparse.Namespace) -> None:
         warm_up(engine)
     settings = ServerSettings(served_model_names=args.served_model_name or [engine.model_name],
                               model_root=args.model or engine.model_name, **settings_without_names)
-    if settings.api_key:
-        logger.info("API key required on /v1 routes")
+    if settings.api_keys:
+        logger.info("API key required on /v1 routes (%d key(s) accepted)", len(settings.api_keys))
     app = build_app(engine, settings, log_stats_interval_s=None if args.disable_log_stats else STATS_INTERVAL_S)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, log_level=args.uvicorn_log_level,
-                            timeout_graceful_shutdown=args.graceful_shutdown_timeout)
-    _Server(config).run()
+    engine_loop = app.state.server.engine_loop
+    config = uvicorn.Config(under_root_path(app, args.root_path), host=args.host, port=args.port, log_config=None,
+                            log_level=args.uvicorn_log_level, root_path=args.root_path,
+                            ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile, ssl_ca_certs=args.ssl_ca_certs,
+                            timeout_graceful_shutdown=args.graceful_shutdown_timeout + STREAM_CLOSE_MARGIN_S)
+    _Server(config, args.graceful_shutdown_timeout, lambda: engine_loop.end_all(SHUTDOWN_MESSAGE)).run()
     multihost.release(engine)
     logger.info("Server stopped")
 

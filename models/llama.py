@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from models.config import ModelConfig
 from models.rope import apply_rope, inverse_frequencies
 from ops.attention import AttentionMetadata, paged_attention, write_kv
+from ops.head_sharded_attention import HeadSharding, head_sharded_write_and_attend
 
 KVCache = tuple[jax.Array, jax.Array]
 
@@ -61,6 +62,7 @@ def _dense(features: int, dtype: jnp.dtype, name: str, bias: bool = False) -> nn
 class Attention(nn.Module):
     config: ModelConfig
     backend: str
+    heads: HeadSharding | None = None  # set when tensor parallelism splits the heads
 
     @nn.compact
     def __call__(
@@ -81,11 +83,12 @@ class Attention(nn.Module):
         inv_freq = inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling_dict)
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
-        k_cache, v_cache = write_kv(cache[0], cache[1], k, v, md.slot_mapping)
-        out = paged_attention(
-            q, k_cache, v_cache, md,
-            scale=c.head_dim**-0.5, sliding_window=c.sliding_window, backend=self.backend,
-        )
+        attend = dict(scale=c.head_dim**-0.5, sliding_window=c.sliding_window, backend=self.backend)
+        if self.heads is not None:
+            out, k_cache, v_cache = head_sharded_write_and_attend(q, k, v, *cache, md, self.heads, **attend)
+        else:
+            k_cache, v_cache = write_kv(cache[0], cache[1], k, v, md.slot_mapping)
+            out = paged_attention(q, k_cache, v_cache, md, **attend)
         out = _dense(c.hidden_size, dt, "o_proj")(out.reshape(tokens, c.num_heads * c.head_dim))
         return out, (k_cache, v_cache)
 
@@ -104,13 +107,14 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
     config: ModelConfig
     backend: str
+    heads: HeadSharding | None = None
 
     @nn.compact
     def __call__(
         self, x: jax.Array, positions: jax.Array, cache: KVCache, md: AttentionMetadata
     ) -> tuple[jax.Array, KVCache]:
         c = self.config
-        h, cache = Attention(c, self.backend, name="self_attn")(
+        h, cache = Attention(c, self.backend, self.heads, name="self_attn")(
             RMSNorm(c.rms_norm_eps, c.jnp_dtype, name="input_layernorm")(x), positions, cache, md
         )
         x = x + h
@@ -123,11 +127,12 @@ class CausalLM(nn.Module):
 
     config: ModelConfig
     backend: str = "reference"
+    heads: HeadSharding | None = None  # the mesh axis splitting heads (sharding.ModelSharding.head_sharding)
 
     def setup(self) -> None:
         c = self.config
         self.embed_tokens = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.jnp_dtype, param_dtype=c.jnp_dtype)
-        self.layers = [DecoderLayer(c, self.backend) for _ in range(c.num_layers)]
+        self.layers = [DecoderLayer(c, self.backend, self.heads) for _ in range(c.num_layers)]
         self.norm = RMSNorm(c.rms_norm_eps, c.jnp_dtype)
         if not c.tie_word_embeddings:
             self.lm_head = _dense(c.vocab_size, c.jnp_dtype, "lm_head")

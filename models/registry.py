@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from models.config import ModelConfig
 from models.llama import CausalLM
+from ops.head_sharded_attention import HeadSharding
 
 SUPPORTED_ARCHITECTURES: dict[str, type[CausalLM]] = {
     "LlamaForCausalLM": CausalLM,
@@ -13,11 +14,13 @@ SUPPORTED_ARCHITECTURES: dict[str, type[CausalLM]] = {
 }
 
 
-def build_model(config: ModelConfig, attention_backend: str = "reference") -> CausalLM:
+def build_model(
+    config: ModelConfig, attention_backend: str = "reference", heads: HeadSharding | None = None
+) -> CausalLM:
     module = SUPPORTED_ARCHITECTURES.get(config.architecture)
     if module is None:
         raise ValueError(
             f"unsupported architecture {config.architecture!r}; "
             f"supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
         )
-    return module(config, attention_backend)
+    return module(config, attention_backend, heads)

@@ -30,7 +30,7 @@ class AttentionMetadata:
     max_query_len: int = struct.field(pytree_node=False, default=1)  # static bound on any q_len
 
 
-BACKENDS = ("reference", "pallas_gpu", "pallas_tpu")
+BACKENDS = ("reference", "cpu", "pallas_gpu", "pallas_tpu")
 
 
 def default_backend() -> str:
@@ -43,6 +43,8 @@ def default_backend() -> str:
         return "pallas_gpu"
     if platform == "tpu":
         return "pallas_tpu"
+    if platform == "cpu":
+        return "cpu"
     return "reference"
 
 
@@ -90,6 +92,12 @@ def paged_attention(
         from ops.reference_attention import reference_paged_attention
 
         return reference_paged_attention(
+            q, k_cache, v_cache, md, scale=scale, sliding_window=sliding_window, soft_cap=soft_cap
+        )
+    if backend == "cpu":
+        from ops.cpu_attention import cpu_paged_attention
+
+        return cpu_paged_attention(
             q, k_cache, v_cache, md, scale=scale, sliding_window=sliding_window, soft_cap=soft_cap
         )
     if backend == "pallas_gpu":

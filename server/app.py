@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import importlib.metadata
 import logging
@@ -11,25 +12,24 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.handlers import BaseRouteHandler
-from litestar.openapi import OpenAPIConfig, ResponseSpec
-from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.config.cors import CORSConfig
 from litestar.params import FromPath, JSONBody
-from msgspec import Struct
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from engine.llm_engine import LLMEngine
+from engine.request_limits import MAX_BODY_BYTES
 from server.chat import create_chat_completion
 from server.chat_template import render_chat
 from server.completions import create_completion
 from server.engine_loop import EngineLoop
-from server.errors import EXCEPTION_HANDLERS, APIError, bad_request, error_response
+from server.errors import EXCEPTION_HANDLERS, APIError, bad_request, error_response, from_value_error
 from server.metrics import ServerMetrics
+from server.openapi_docs import api_responses, document_streaming, openapi_config
 from server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
     TokenizeRequest,
-    unknown_fields,
 )
 from server.responses import (
     ChatCompletionResponse,
@@ -39,6 +39,7 @@ from server.responses import (
     ModelList,
     TokenizeResponse,
 )
+from server.request_body import strict_body
 from server.state import ServerSettings, ServerState
 
 logger = logging.getLogger(__name__)
@@ -57,20 +58,19 @@ def _server(state: State) -> ServerState:
 
 
 def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    key = _server(connection.app.state).settings.api_key
-    if key is None:
+    keys = _server(connection.app.state).settings.api_keys
+    if not keys:
         return
-    header = connection.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    # compare_digest takes constant time over the key, so response timing does not leak it
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
-        raise APIError(401, "Invalid or missing API key: send 'Authorization: Bearer <key>'.")
-
-
-async def _log_unknown_fields(request: Request[Any, Any, Any], request_type: type[Struct]) -> None:
-    unknown = unknown_fields(await request.body(), request_type)
-    if unknown:
-        logger.warning("The following fields were present in the request but ignored: %s", ", ".join(unknown))
+    scheme, _, token = connection.headers.get("authorization", "").partition(" ")
+    offered = token.strip().encode()
+    # compare_digest takes constant time over each key, and every key is compared, so response
+    # timing leaks neither a key nor which one matched
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(offered, key.encode())
+    if scheme.lower() != "bearer" or not matched:
+        raise APIError(401, "Invalid or missing API key: send 'Authorization: Bearer <key>'.",
+                       headers={"WWW-Authenticate": 'Bearer realm="tessera"'})
 
 
 # ---- open routes ---------------------------------------------------------------------------
@@ -94,13 +94,15 @@ def metrics(state: State) -> Response[bytes]:
 
 
 # ---- routes behind the API key ---------------------------------------------------------------
-@get("/v1/models", guards=[require_api_key], sync_to_thread=False)
+@get("/v1/models", guards=[require_api_key], sync_to_thread=False,
+     responses=api_responses(ModelList, "The served models"))
 def list_models(state: State) -> ModelList:
     server = _server(state)
     return ModelList(data=[_model_card(server, name) for name in server.model_names])
 
 
-@get("/v1/models/{model_id:path}", guards=[require_api_key], sync_to_thread=False)
+@get("/v1/models/{model_id:path}", guards=[require_api_key], sync_to_thread=False,
+     responses=api_responses(ModelCard, "One served model"))
 def retrieve_model(state: State, model_id: FromPath[str]) -> ModelCard:
     server = _server(state)
     return _model_card(server, server.resolve_model(model_id.lstrip("/")))
@@ -111,26 +113,24 @@ def _model_card(server: ServerState, name: str) -> ModelCard:
                      max_model_len=server.engine.max_model_len)
 
 
-@post("/v1/completions", guards=[require_api_key], status_code=200,
-      responses={200: ResponseSpec(CompletionResponse, description="A completion, or SSE chunks when streaming")})
+@post("/v1/completions", guards=[require_api_key], status_code=200, before_request=strict_body(CompletionRequest),
+      responses=api_responses(CompletionResponse, "A completion, or SSE chunks when streaming"))
 async def completions(data: JSONBody[CompletionRequest], request: Request[Any, Any, Any],
                       state: State) -> Response[Any]:
-    await _log_unknown_fields(request, CompletionRequest)
     return await create_completion(_server(state), data, request)
 
 
 @post("/v1/chat/completions", guards=[require_api_key], status_code=200,
-      responses={200: ResponseSpec(ChatCompletionResponse,
-                                   description="A chat completion, or SSE chunks when streaming")})
+      before_request=strict_body(ChatCompletionRequest),
+      responses=api_responses(ChatCompletionResponse, "A chat completion, or SSE chunks when streaming"))
 async def chat_completions(data: JSONBody[ChatCompletionRequest], request: Request[Any, Any, Any],
                            state: State) -> Response[Any]:
-    await _log_unknown_fields(request, ChatCompletionRequest)
     return await create_chat_completion(_server(state), data, request)
 
 
-@post("/tokenize", guards=[require_api_key], status_code=200)
+@post("/tokenize", guards=[require_api_key], status_code=200, before_request=strict_body(TokenizeRequest),
+      responses=api_responses(TokenizeResponse, "The prompt's token ids"))
 async def tokenize(data: JSONBody[TokenizeRequest], request: Request[Any, Any, Any], state: State) -> TokenizeResponse:
-    await _log_unknown_fields(request, TokenizeRequest)
     server = _server(state)
     server.resolve_model(data.model)
     if (data.prompt is None) == (data.messages is None):
@@ -139,17 +139,21 @@ async def tokenize(data: JSONBody[TokenizeRequest], request: Request[Any, Any, A
     if tokenizer is None:
         raise bad_request("this model was loaded without a tokenizer")
     if data.messages is not None:
-        ids = render_chat(server, data.messages, add_generation_prompt=data.add_generation_prompt,
+        ids = await render_chat(server, data.messages, add_generation_prompt=data.add_generation_prompt,
                           chat_template=None, template_kwargs=data.chat_template_kwargs)
     else:
-        ids = tokenizer.encode(data.prompt or "", add_special_tokens=data.add_special_tokens)
+        try:
+            server.check_text_length(data.prompt or "")
+        except ValueError as err:
+            raise from_value_error(err) from None
+        ids = await asyncio.to_thread(tokenizer.encode, data.prompt or "", add_special_tokens=data.add_special_tokens)
     return TokenizeResponse(count=len(ids), max_model_len=server.engine.max_model_len, tokens=ids)
 
 
-@post("/detokenize", guards=[require_api_key], status_code=200)
+@post("/detokenize", guards=[require_api_key], status_code=200, before_request=strict_body(DetokenizeRequest),
+      responses=api_responses(DetokenizeResponse, "The tokens' text"))
 async def detokenize(data: JSONBody[DetokenizeRequest], request: Request[Any, Any, Any],
                      state: State) -> DetokenizeResponse:
-    await _log_unknown_fields(request, DetokenizeRequest)
     server = _server(state)
     server.resolve_model(data.model)
     if server.engine.tokenizer is None:
@@ -164,15 +168,19 @@ async def detokenize(data: JSONBody[DetokenizeRequest], request: Request[Any, An
 def build_app(engine: LLMEngine, settings: ServerSettings, *, log_stats_interval_s: float | None = 10.0) -> Litestar:
     """The app with its engine loop (``app.state.server.engine_loop``), started and stopped by the lifespan."""
     engine_loop: EngineLoop
-    server_metrics = ServerMetrics(settings.served_model_names[0], lambda: engine_loop.stats)
+    server_metrics = ServerMetrics(settings.served_model_names[0], lambda: engine_loop.stats,
+                                   prefixes=settings.metric_prefixes)
     engine_loop = EngineLoop(engine, server_metrics, log_stats_interval_s)
     server = ServerState(engine_loop, settings, server_metrics)
 
-    def start_engine_loop() -> None:
+    def start_engine_loop(app: Litestar) -> None:
+        document_streaming(app)
         engine_loop.start()
 
     def stop_engine_loop() -> None:
         engine_loop.shutdown()
+        if server.template_sandbox is not None:
+            server.template_sandbox.close()
 
     return Litestar(
         route_handlers=[health, version, metrics, list_models, retrieve_model, completions, chat_completions,
@@ -181,10 +189,16 @@ def build_app(engine: LLMEngine, settings: ServerSettings, *, log_stats_interval
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         on_startup=[start_engine_loop],
         on_shutdown=[stop_engine_loop],
+        cors_config=_cors(settings),
+        request_max_body_size=MAX_BODY_BYTES,
         logging_config=None,  # logging is the embedding program's choice (engine/serve.py)
-        openapi_config=OpenAPIConfig(
-            title="Tessera", version=tessera_version(), path="/docs",
-            description="OpenAI-compatible LLM inference server (JAX).",
-            render_plugins=[SwaggerRenderPlugin(path="/")],
-        ),
+        openapi_config=openapi_config(tessera_version(), settings.root_path),
     )
+
+
+def _cors(settings: ServerSettings) -> CORSConfig | None:
+    """vLLM's --allowed-origins/--allowed-methods/--allowed-headers/--allow-credentials; none: no CORS headers."""
+    if not settings.allowed_origins:
+        return None
+    return CORSConfig(allow_origins=settings.allowed_origins, allow_methods=settings.allowed_methods,
+                      allow_headers=settings.allowed_headers, allow_credentials=settings.allow_credentials)

@@ -13,7 +13,7 @@ from litestar.response import Stream
 
 from engine.outputs import CompletionOutput
 from server.chat_template import render_chat
-from server.engine_loop import EngineDeadError, RequestStream
+from server.engine_loop import RequestFailedError, RequestStream
 from server.errors import bad_request, from_value_error
 from server.logprobs import chat_logprobs
 from server.protocol import ChatCompletionRequest
@@ -77,9 +77,9 @@ async def create_chat_completion(state: ServerState, req: ChatCompletionRequest,
     template_kwargs = dict(req.chat_template_kwargs or {})
     if req.tools:
         template_kwargs["tools"] = req.tools
-    prompt_ids = state.encode(render_chat(state, req.messages, add_generation_prompt=req.add_generation_prompt,
-                                          chat_template=req.chat_template, template_kwargs=template_kwargs),
-                              params)
+    rendered = await render_chat(state, req.messages, add_generation_prompt=req.add_generation_prompt,
+                                 chat_template=req.chat_template, template_kwargs=template_kwargs)
+    prompt_ids = await state.encode(rendered, params)
     job = _Job(new_request_id("chatcmpl"), model, int(time.time()), req, len(prompt_ids))
     state.log_request(job.request_id, prompt_ids, params)
     streams = await submit(state.engine_loop, job.request_id, [prompt_ids], params)
@@ -141,8 +141,8 @@ async def _stream(state: ServerState, job: _Job, stream: RequestStream) -> Async
                 yield job.chunk([choice], counted() if continuous else None)
         if include_usage:
             yield job.chunk([], counted())
-    except EngineDeadError as err:
-        yield sse_error(503, str(err))
+    except RequestFailedError as err:
+        yield sse_error(err.status, str(err))
     finally:
         abort_unfinished(state.engine_loop, [stream])
     yield SSE_DONE

@@ -12,7 +12,8 @@ from litestar import Request, Response
 from litestar.response import Stream
 
 from engine.outputs import CompletionOutput, PositionLogprobs, RequestOutput
-from server.engine_loop import EngineDeadError, RequestStream
+from engine.request_limits import MAX_PROMPTS_PER_REQUEST, MAX_SEQUENCES_PER_REQUEST
+from server.engine_loop import RequestFailedError, RequestStream
 from server.errors import bad_request, from_value_error
 from server.logprobs import completion_logprobs
 from server.protocol import CompletionRequest
@@ -59,6 +60,8 @@ async def create_completion(state: ServerState, req: CompletionRequest,
     if req.best_of is not None and req.best_of != req.n:
         raise bad_request("best_of other than n is not supported", "best_of")
     prompts = _prompt_list(req.prompt)
+    if len(prompts) > MAX_PROMPTS_PER_REQUEST:
+        raise bad_request(f"prompt may hold at most {MAX_PROMPTS_PER_REQUEST} prompts, got {len(prompts)}", "prompt")
     try:
         params = sampling_params(
             req, state.settings.generation_defaults, max_tokens=req.max_tokens, logprobs=req.logprobs,
@@ -67,7 +70,10 @@ async def create_completion(state: ServerState, req: CompletionRequest,
     except ValueError as err:
         raise from_value_error(err) from None
     state.check_capacity()
-    prompt_ids = [state.encode(p, params) for p in prompts]
+    if len(prompts) * req.n > MAX_SEQUENCES_PER_REQUEST:
+        raise bad_request(f"n times the number of prompts must be at most {MAX_SEQUENCES_PER_REQUEST}, got "
+                          f"{req.n} x {len(prompts)}", "n")
+    prompt_ids = [await state.encode(p, params) for p in prompts]
     job = _Job(
         request_id=new_request_id("cmpl"), model=model, created=int(time.time()), req=req, prompt_ids=prompt_ids,
         echo_texts=[p if isinstance(p, str) else state.decode(p) for p in prompts] if req.echo else None,
@@ -155,8 +161,8 @@ async def _stream(state: ServerState, job: _Job, streams: list[RequestStream]) -
                 yield sse(job.response([choice], completion_tokens if continuous else None))
         if include_usage:
             yield sse(job.response([], completion_tokens))
-    except EngineDeadError as err:
-        yield sse_error(503, str(err))
+    except RequestFailedError as err:
+        yield sse_error(err.status, str(err))
     finally:
         abort_unfinished(state.engine_loop, streams)
     yield SSE_DONE

@@ -2,7 +2,9 @@
 
 Requests and aborts reach it through a thread-safe queue and are applied between steps; each
 request's outputs go back to its own asyncio queue (a RequestStream) on the event loop that
-submitted it, through ``loop.call_soon_threadsafe``. If the thread dies, every waiting request
+submitted it, through ``loop.call_soon_threadsafe``. A request the engine fails on ends alone
+with a RequestFailedError; a step that raises ends the requests of that batch and the loop goes
+on (only MAX_CONSECUTIVE_STEP_FAILURES in a row stop it). If the thread dies, every waiting request
 gets an EngineDeadError and ``alive`` turns false (the server answers 503).
 """
 
@@ -25,8 +27,17 @@ from server.stats_log import StatsLogger
 logger = logging.getLogger(__name__)
 
 
-class EngineDeadError(RuntimeError):
-    pass
+MAX_CONSECUTIVE_STEP_FAILURES = 3
+
+
+class RequestFailedError(RuntimeError):
+    """A request ended by a failure, not by its own finish; ``status`` is the HTTP status to report."""
+
+    status = 500
+
+
+class EngineDeadError(RequestFailedError):
+    status = 503
 
 
 class RequestStream:
@@ -71,11 +82,16 @@ class _Abort:
     request_id: str
 
 
+@dataclasses.dataclass
+class _EndAll:
+    message: str
+
+
 class _Stop:
     pass
 
 
-_Command = _Add | _Abort | _Stop
+_Command = _Add | _Abort | _EndAll | _Stop
 
 
 @dataclasses.dataclass
@@ -83,6 +99,8 @@ class _Tracked:
     stream: RequestStream
     arrival: float
     num_tokens: int = 0
+    scheduled_time: float | None = None
+    first_token_time: float | None = None
     last_token_time: float | None = None
 
 
@@ -96,6 +114,8 @@ class EngineLoop:
         self._stats_logger = StatsLogger(log_stats_interval_s, self.stats) if log_stats_interval_s else None
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._tracked: dict[str, _Tracked] = {}  # engine thread only
+        self._unscheduled: set[str] = set()  # tracked requests not yet scheduled; engine thread only
+        self._step_failures = 0  # consecutive steps that raised; engine thread only
         self._lock = threading.Lock()
         self._closed = False
         self._pending = 0  # admitted or queued requests not yet finished; under _lock
@@ -141,6 +161,12 @@ class EngineLoop:
             if not self._closed:
                 self._commands.put(_Abort(request_id))
 
+    def end_all(self, message: str) -> None:
+        """Ends every running request with an EngineDeadError(message) (shutdown past its grace time)."""
+        with self._lock:
+            if not self._closed:
+                self._commands.put(_EndAll(message))
+
     def shutdown(self, timeout: float | None = 30.0) -> None:
         """Aborts what is still running and stops the thread."""
         with self._lock:
@@ -169,7 +195,7 @@ class EngineLoop:
             if self.engine.has_unfinished_requests():
                 compiled_before = self.stats.num_compilations
                 started = time.perf_counter()
-                self._deliver(self.engine.step())
+                self._step()
                 self.stats = self.engine.stats()
                 new_programs = self.stats.num_compilations - compiled_before
                 if new_programs:
@@ -179,6 +205,47 @@ class EngineLoop:
                 self.stats = self.engine.stats()
             if self._stats_logger is not None:
                 self._stats_logger.maybe_log(self.stats)
+
+    def _step(self) -> None:
+        """One engine step; a step that raises fails the requests it held, not the loop."""
+        step_start = time.monotonic()
+        try:
+            outputs = self.engine.step()
+        except Exception as exc:
+            self._step_failures += 1
+            if self._step_failures >= MAX_CONSECUTIVE_STEP_FAILURES:
+                raise
+            logger.exception("An engine step failed; ending the %d request(s) in flight with an error",
+                             len(self._tracked))
+            self._fail_all(RequestFailedError(f"The engine failed on this request's batch: {type(exc).__name__}"))
+            return
+        self._step_failures = 0
+        self._mark_scheduled(step_start)
+        self._deliver(outputs)
+
+    def _mark_scheduled(self, step_start: float) -> None:
+        """Requests that this step started computing (or finished) were scheduled at its start."""
+        for request_id in list(self._unscheduled):
+            state = self.engine.requests.get(request_id)
+            if state is None or any(seq.num_computed_tokens for seq in state.seqs):
+                self._unscheduled.discard(request_id)
+                tracked = self._tracked.get(request_id)
+                if tracked is not None:
+                    tracked.scheduled_time = step_start
+
+    def _fail_all(self, error: RequestFailedError) -> None:
+        for request_id, tracked in list(self._tracked.items()):
+            self._abort_quietly(request_id)
+            _call_on(tracked.stream.loop, tracked.stream.put, error)
+            self._finished_one()
+        self._tracked.clear()
+        self._unscheduled.clear()
+
+    def _abort_quietly(self, request_id: str) -> None:
+        try:
+            self.engine.abort_request(request_id)
+        except Exception:  # noqa: BLE001 - the request is ended either way
+            logger.exception("Aborting request %s after a failure failed too", request_id)
 
     def _next_commands(self, block: bool) -> list[_Command]:
         commands: list[_Command] = []
@@ -193,8 +260,12 @@ class EngineLoop:
             except queue.Empty:
                 return commands
 
-    def _apply(self, command: _Add | _Abort) -> None:
+    def _apply(self, command: _Add | _Abort | _EndAll) -> None:
+        if isinstance(command, _EndAll):
+            self._fail_all(EngineDeadError(command.message))
+            return
         if isinstance(command, _Abort):
+            self._unscheduled.discard(command.request_id)
             if self._tracked.pop(command.request_id, None) is not None:
                 self.engine.abort_request(command.request_id)
                 self._finished_one()
@@ -203,11 +274,16 @@ class EngineLoop:
             return
         try:
             self.engine.add_request(command.request_id, command.prompt, command.params, command.arrival)
-        except ValueError as err:
+        except Exception as err:
+            if not isinstance(err, ValueError):  # a bug, not bad input: this request fails alone
+                logger.exception("Adding request %s failed", command.request_id)
+                self._abort_quietly(command.request_id)
+                err = RequestFailedError(f"The engine could not add this request: {type(err).__name__}")
             self._finished_one()
             _call_on(command.stream.loop, _settle, command.admitted, err)
             return
         self._tracked[command.request_id] = _Tracked(command.stream, command.arrival)
+        self._unscheduled.add(command.request_id)
         _call_on(command.stream.loop, _settle, command.admitted, None)
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
@@ -233,6 +309,7 @@ class EngineLoop:
         if total > tracked.num_tokens:
             if tracked.last_token_time is None:
                 self.metrics.time_to_first_token.observe(now - tracked.arrival)
+                tracked.first_token_time = now
             else:
                 self.metrics.inter_token_latency.observe(now - tracked.last_token_time)
             tracked.last_token_time = now
@@ -240,6 +317,16 @@ class EngineLoop:
         if out.finished:
             reason = out.outputs[0].finish_reason or "stop"
             self.metrics.request_finished(reason, now - tracked.arrival, len(out.prompt_token_ids), total)
+            self._observe_phases(tracked, now)
+
+    def _observe_phases(self, tracked: _Tracked, now: float) -> None:
+        assert self.metrics is not None
+        scheduled = tracked.scheduled_time if tracked.scheduled_time is not None else tracked.arrival
+        first_token = tracked.first_token_time if tracked.first_token_time is not None else now
+        self.metrics.queue_time.observe(scheduled - tracked.arrival)
+        self.metrics.prefill_time.observe(first_token - scheduled)
+        self.metrics.decode_time.observe(now - first_token)
+        self.metrics.inference_time.observe(now - scheduled)
 
     def _finished_one(self) -> None:
         with self._lock:

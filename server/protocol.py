@@ -1,16 +1,33 @@
-"""Request bodies of the OpenAI-compatible API, as msgspec Structs.
+"""Request bodies of the OpenAI-compatible API, as msgspec Structs: the one place a request's
+field types and ranges are declared for the server.
 
-Unknown fields are accepted and ignored (msgspec's default); ``unknown_fields`` names them for a
-log line, as vLLM does. Sampling fields left at None take the model's generation-config default,
-then OpenAI's.
+The ranges come from engine/request_limits.py, which ``SamplingParams.validate`` also reads, so a
+value is accepted here exactly when the engine would accept it (token ids are checked against the
+vocabulary later, once the model is known). Bodies are decoded strictly (server/request_body.py):
+``"max_tokens": "10"`` is a 400, not a 10. The OpenAPI schema shows every bound. Unknown fields are
+accepted and ignored (msgspec's default); ``unknown_fields`` names them for a log line, as vLLM does.
+Sampling fields left at None take the model's generation-config default, then OpenAI's.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import Struct
+from msgspec import Meta, Struct
+
+from engine import request_limits as lim
+
+TokenId = Annotated[int, Meta(ge=0, le=lim.INT32_MAX, description="a token id of the model's vocabulary")]
+TokenIds = Annotated[list[TokenId], Meta(min_length=1)]
+StopString = Annotated[str, Meta(min_length=1, max_length=lim.MAX_STOP_STRING_CHARS)]
+Logprobs = Annotated[int, Meta(ge=0, le=lim.MAX_LOGPROBS)]
+TokenCount = Annotated[int, Meta(ge=1, le=lim.MAX_TOKENS_LIMIT)]
+LogitBias = Annotated[
+    dict[str, Annotated[float, Meta(ge=-lim.MAX_LOGIT_BIAS, le=lim.MAX_LOGIT_BIAS)]],
+    Meta(max_length=lim.MAX_LOGIT_BIAS_ENTRIES, description="token id (as a string) -> bias added to its logit"),
+]
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
 class StreamOptions(Struct, kw_only=True):
@@ -22,19 +39,20 @@ class SamplingFields(Struct, kw_only=True):
     """Fields shared by completions and chat completions (OpenAI's plus vLLM's extras)."""
 
     model: str | None = None
-    n: int = 1
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    seed: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
-    stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
-    min_tokens: int = 0
+    n: Annotated[int, Meta(ge=1, le=lim.MAX_N)] = 1
+    temperature: Annotated[float, Meta(ge=0, le=lim.MAX_TEMPERATURE)] | None = None
+    top_p: Annotated[float, Meta(gt=0, le=1)] | None = None
+    top_k: Annotated[int, Meta(ge=-1, le=lim.INT32_MAX, description="-1 or 0: off")] | None = None
+    min_p: Annotated[float, Meta(ge=0, le=1)] | None = None
+    seed: Annotated[int, Meta(ge=lim.INT64_MIN, le=lim.INT64_MAX)] | None = None
+    presence_penalty: Annotated[float, Meta(ge=lim.MIN_PENALTY, le=lim.MAX_PENALTY)] = 0.0
+    frequency_penalty: Annotated[float, Meta(ge=lim.MIN_PENALTY, le=lim.MAX_PENALTY)] = 0.0
+    repetition_penalty: Annotated[float, Meta(ge=lim.MIN_REPETITION_PENALTY,
+                                              le=lim.MAX_REPETITION_PENALTY)] | None = None
+    logit_bias: LogitBias | None = None
+    stop: StopString | Annotated[list[StopString], Meta(max_length=lim.MAX_STOP_STRINGS)] | None = None
+    stop_token_ids: Annotated[list[TokenId], Meta(max_length=lim.MAX_STOP_TOKEN_IDS)] | None = None
+    min_tokens: Annotated[int, Meta(ge=0, le=lim.MAX_TOKENS_LIMIT)] = 0
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
@@ -44,12 +62,14 @@ class SamplingFields(Struct, kw_only=True):
 
 
 class CompletionRequest(SamplingFields, kw_only=True):
-    # A string, a list of strings, a list of token ids, or a list of token-id lists.
-    prompt: str | list[str | int | list[int]]
-    max_tokens: int | None = 16
-    logprobs: int | None = None
+    # A string, a list of strings, a list of token ids, or a list of token-id lists (one per prompt;
+    # at most MAX_PROMPTS_PER_REQUEST prompts, checked once the form is known).
+    prompt: str | Annotated[list[str | TokenId | TokenIds], Meta(min_length=1, description=(
+        f"a string, a list of token ids, or a batch of up to {lim.MAX_PROMPTS_PER_REQUEST} of either"))]
+    max_tokens: TokenCount | None = 16
+    logprobs: Logprobs | None = None
     echo: bool = False
-    best_of: int | None = None
+    best_of: Annotated[int, Meta(ge=1, le=lim.MAX_N)] | None = None
     suffix: str | None = None
 
 
@@ -59,8 +79,8 @@ class ContentPart(Struct, kw_only=True):
 
 
 class ChatMessage(Struct, kw_only=True):
-    role: str
-    content: str | list[ContentPart] | None = None
+    role: Role
+    content: str | Annotated[list[ContentPart], Meta(max_length=lim.MAX_CONTENT_PARTS)] | None = None
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
@@ -71,16 +91,21 @@ class ResponseFormat(Struct, kw_only=True):
     json_schema: dict[str, Any] | None = None
 
 
+Messages = Annotated[list[ChatMessage], Meta(min_length=1, max_length=lim.MAX_MESSAGES)]
+
+
 class ChatCompletionRequest(SamplingFields, kw_only=True):
-    messages: list[ChatMessage]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    messages: Messages
+    max_tokens: TokenCount | None = None
+    max_completion_tokens: TokenCount | None = None
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: Logprobs | None = None
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    chat_template: str | None = None
+    chat_template: Annotated[str, Meta(max_length=lim.MAX_CHAT_TEMPLATE_CHARS, description=(
+        "a Jinja template for this request only; refused unless the server runs with "
+        "--trust-request-chat-template"))] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     add_generation_prompt: bool = True
 
@@ -90,7 +115,7 @@ class TokenizeRequest(Struct, kw_only=True):
 
     model: str | None = None
     prompt: str | None = None
-    messages: list[ChatMessage] | None = None
+    messages: Messages | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
     chat_template_kwargs: dict[str, Any] | None = None
@@ -98,7 +123,7 @@ class TokenizeRequest(Struct, kw_only=True):
 
 class DetokenizeRequest(Struct, kw_only=True):
     model: str | None = None
-    tokens: list[int]
+    tokens: Annotated[list[TokenId], Meta(max_length=lim.MAX_TOKENS_LIMIT)]
 
 
 def unknown_fields(body: bytes, request_type: type[Struct]) -> list[str]:

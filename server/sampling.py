@@ -24,7 +24,6 @@ GENERATION_CONFIG_KEYS = {
     "repetition_penalty": "repetition_penalty",
     "max_new_tokens": "max_tokens",
 }
-LOGIT_BIAS_LIMIT = 100.0
 
 
 def load_generation_defaults(source: str, model: str | None) -> dict[str, Any]:
@@ -91,13 +90,12 @@ def sampling_params(
 
 
 def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
+    """Keys are token ids as strings (JSON object keys); their range is SamplingParams.validate's."""
     if not bias:
         return None
     out = {}
     for key, value in bias.items():
-        try:
-            token = int(key)
-        except ValueError:
-            raise ValueError(f"logit_bias keys must be token ids, got {key!r}") from None
-        out[token] = max(-LOGIT_BIAS_LIMIT, min(LOGIT_BIAS_LIMIT, value))
+        if not key.strip().isascii() or not key.strip().isdigit():
+            raise ValueError(f"logit_bias keys must be token ids, got {key[:40]!r}")
+        out[int(key)] = value
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -9,10 +10,12 @@ import uuid
 from typing import Any
 
 from engine.llm_engine import LLMEngine
+from engine.request_limits import MAX_CHARS_PER_TOKEN
 from engine.sampling_params import SamplingParams
 from server.engine_loop import EngineLoop
 from server.errors import APIError, from_value_error
 from server.metrics import ServerMetrics
+from server.template_sandbox import TemplateSandbox
 
 logger = logging.getLogger("server.requests")
 
@@ -24,11 +27,18 @@ MAX_LOGGED_PROMPT_IDS = 32
 class ServerSettings:
     served_model_names: list[str]
     model_root: str
-    api_key: str | None = None
+    api_keys: list[str] = dataclasses.field(default_factory=list)  # empty: no key required
     chat_template: str | None = None
+    trust_request_chat_template: bool = False
     generation_defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
     log_requests: bool = True
     max_pending_requests: int = 4096
+    allowed_origins: list[str] = dataclasses.field(default_factory=list)  # CORS; empty: no CORS headers
+    allowed_methods: list[str] = dataclasses.field(default_factory=lambda: ["*"])
+    allowed_headers: list[str] = dataclasses.field(default_factory=lambda: ["*"])
+    allow_credentials: bool = False
+    root_path: str = ""  # the path prefix a reverse proxy serves this server under
+    metric_prefixes: tuple[str, ...] = ("vllm:", "tessera:")
 
 
 class ServerState:
@@ -39,6 +49,7 @@ class ServerState:
         self.engine: LLMEngine = engine_loop.engine
         self.settings = settings
         self.created = int(time.time())
+        self.template_sandbox = TemplateSandbox() if settings.trust_request_chat_template else None
 
     @property
     def model_names(self) -> list[str]:
@@ -59,14 +70,28 @@ class ServerState:
             raise APIError(503, f"The server is overloaded ({self.engine_loop.num_pending} requests pending); "
                                 "retry later.", headers={"Retry-After": "1"})
 
-    def encode(self, prompt: str | list[int], params: SamplingParams) -> list[int]:
-        """Token ids of a prompt, checked against the vocabulary and the context length (400s)."""
+    async def encode(self, prompt: str | list[int], params: SamplingParams) -> list[int]:
+        """Token ids of a prompt, checked against the vocabulary and the context length (400s).
+
+        A text too long to fit in any tokenization is refused before tokenizing; tokenizing runs in
+        a worker thread so a long text never holds the event loop."""
         try:
-            _, ids = self.engine.encode_prompt(prompt)
+            self.check_text_length(prompt)
+            if isinstance(prompt, str):
+                _, ids = await asyncio.to_thread(self.engine.encode_prompt, prompt)
+            else:
+                _, ids = self.engine.encode_prompt(prompt)
             self.engine.check_length(len(ids), params)
         except ValueError as err:
             raise from_value_error(err) from None
         return ids
+
+    def check_text_length(self, text: str | list[int]) -> None:
+        limit = self.engine.max_model_len * MAX_CHARS_PER_TOKEN
+        if len(text) > limit:
+            raise ValueError(f"prompt has {len(text)} {'characters' if isinstance(text, str) else 'token ids'}: "
+                             f"far more than this model's maximum context length of {self.engine.max_model_len} "
+                             "tokens. Please reduce the length of the input.")
 
     def decode(self, ids: list[int]) -> str:
         tokenizer = self.engine.tokenizer

@@ -12,7 +12,7 @@ from litestar import Request
 
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
-from server.engine_loop import EngineDeadError, EngineLoop, RequestStream
+from server.engine_loop import EngineLoop, RequestFailedError, RequestStream
 from server.errors import ERROR_TYPES, APIError, ClientDisconnected, from_value_error
 from server.responses import ErrorInfo, ErrorResponse
 
@@ -42,8 +42,8 @@ async def submit(engine_loop: EngineLoop, request_id: str, prompts: list[list[in
         abort_unfinished(engine_loop, streams)
         if isinstance(exc, ValueError):
             raise from_value_error(exc) from None
-        if isinstance(exc, EngineDeadError):
-            raise APIError(503, str(exc)) from None
+        if isinstance(exc, RequestFailedError):
+            raise APIError(exc.status, str(exc)) from None
         raise
     return streams
 
@@ -89,8 +89,8 @@ async def final_outputs(engine_loop: EngineLoop, streams: list[RequestStream]) -
     try:
         async for index, out in merged(streams):
             finals[index] = out
-    except EngineDeadError as err:
-        raise APIError(503, str(err)) from None
+    except RequestFailedError as err:
+        raise APIError(err.status, str(err)) from None
     finally:
         abort_unfinished(engine_loop, streams)
     return [out for out in finals if out is not None]

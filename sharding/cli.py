@@ -14,7 +14,7 @@ import argparse
 from typing import Any
 
 from sharding import multihost
-from sharding.mesh import parse_mesh_spec
+from sharding.mesh import combine_mesh_flags, parse_mesh_spec
 from sharding.rules import RULE_SETS, load_rules
 
 
@@ -44,9 +44,26 @@ def add_mesh_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sharding")
     group.add_argument("--mesh", type=_mesh_arg, metavar="SPEC",
                        help="device mesh over all devices, e.g. 'tp=4' or 'dp=2,tp=4' (default: one device)")
+    add_parallel_size_args(group)
     group.add_argument("--sharding-rules", type=_rules_arg, default="default", metavar="NAME|FILE",
                        help=f"logical-axis-to-mesh rules: one of {', '.join(RULE_SETS)}, or a JSON/YAML file "
                             "(default: %(default)s)")
+
+
+def add_parallel_size_args(group: argparse._ActionsContainer) -> None:
+    """vLLM's spellings of the mesh sizes; ``resolve_parallel_sizes`` folds them into ``--mesh``."""
+    group.add_argument("--tensor-parallel-size", "-tp", type=int, metavar="N",
+                       help="as --mesh tp=N (must agree with --mesh when both are given)")
+    group.add_argument("--data-parallel-size", "-dp", type=int, metavar="N",
+                       help="as --mesh dp=N (must agree with --mesh when both are given)")
+
+
+def resolve_parallel_sizes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Sets ``args.mesh`` from --mesh, -tp and -dp together; a parser error when they disagree."""
+    try:
+        args.mesh = combine_mesh_flags(args.mesh, args.tensor_parallel_size, args.data_parallel_size)
+    except ValueError as err:
+        parser.error(str(err))
 
 
 def add_multihost_args(parser: argparse.ArgumentParser) -> None:
@@ -70,4 +87,6 @@ def init_distributed_from_args(args: argparse.Namespace) -> None:
 
 def sharding_config(args: argparse.Namespace) -> dict[str, Any]:
     """The EngineConfig fields these flags set."""
-    return {"mesh": args.mesh, "sharding_rules": args.sharding_rules}
+    mesh = combine_mesh_flags(args.mesh, getattr(args, "tensor_parallel_size", None),
+                              getattr(args, "data_parallel_size", None))
+    return {"mesh": mesh, "sharding_rules": args.sharding_rules}

@@ -42,6 +42,34 @@ def parse_mesh_spec(spec: str) -> dict[str, int]:
     return sizes
 
 
+def combine_mesh_flags(mesh: str | None, tensor_parallel_size: int | None = None,
+                       data_parallel_size: int | None = None) -> str | None:
+    """``--mesh`` and vLLM's ``--tensor-parallel-size/-tp``, ``--data-parallel-size/-dp`` as one spec.
+
+    The sizes alone give ``tp=T``, ``dp=D`` or ``dp=D,tp=T`` (None when both are 1 or absent:
+    one device), as ``--mesh`` would spell them; next to
+    ``--mesh`` they must repeat its sizes, and a disagreement is an error naming both.
+    """
+    sizes = {"tp": tensor_parallel_size, "dp": data_parallel_size}
+    flags = {"tp": "--tensor-parallel-size", "dp": "--data-parallel-size"}
+    for axis, size in sizes.items():
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"{flags[axis]} must be a positive integer, got {size!r}")
+    if mesh is None:
+        given = {axis: size for axis, size in sizes.items() if size is not None}
+        if all(size == 1 for size in given.values()):
+            return None
+        return ",".join(f"{axis}={given[axis]}" for axis in MESH_AXES if given.get(axis, 1) > 1)
+    parsed = parse_mesh_spec(mesh)
+    for axis, size in sizes.items():
+        if size is not None and size != parsed[axis]:
+            raise ValueError(
+                f"{flags[axis]} {size} disagrees with --mesh {mesh} ({axis}={parsed[axis]}); "
+                f"give one of them, or the same size in both"
+            )
+    return mesh
+
+
 def build_mesh(sizes: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A mesh over exactly ``devices`` (default: every device of every process)."""
     devices = list(jax.devices() if devices is None else devices)

@@ -8,18 +8,22 @@ and ``per_replica`` makes each dp replica run the step on its own sequences and 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from models.config import ModelConfig
+from models.head_layout import HeadLayout, pad_heads, padded_config, padded_shape, padding_bytes, plan_head_layout
 from models.llama import KV_CACHE_LOGICAL_AXES, logical_axes_of
+from ops.head_sharded_attention import HeadSharding
 from sharding.mesh import describe_mesh, mesh_from_spec
 from sharding.rules import AxisName, ShardingRules, load_rules, mesh_axes_of
 
@@ -44,7 +48,8 @@ class ModelSharding:
         self.mesh = mesh
         self.rules_name = rules_name
         self.rules = rules
-        self.model_rules = rules  # rules as adapted to a model by check_model
+        self.head_layout: HeadLayout | None = None  # set by check_model
+        self.model_config: ModelConfig | None = None  # the padded config, set by check_model
 
     @classmethod
     def from_spec(
@@ -70,83 +75,122 @@ class ModelSharding:
                 f"sharding rules {self.rules_name!r}")
 
     # ---- the model -----------------------------------------------------------------------
-    def check_model(self, config: ModelConfig) -> None:
-        """Checks every sharded model dimension divides; adapts kv heads as vLLM does.
+    def check_model(self, config: ModelConfig) -> ModelConfig:
+        """Checks every sharded model dimension divides; pads the heads where they do not.
 
-        With fewer kv heads than shards (tp a multiple of them) the kv heads, their projections
-        and the KV cache are replicated instead of split; any other dimension that does not
-        divide is an error that names the rule to change.
+        Returns the config the model runs with: the same, or with padded head counts
+        (``models.head_layout``: zero query heads, copied or zero kv heads), which computes the
+        same function. Any other dimension that does not divide is an error naming the rule.
         """
-        dims = {"vocab": config.vocab_size, "embed": config.hidden_size, "q_heads": config.num_heads,
-                "kv_heads": config.num_kv_heads, "mlp": config.intermediate_size}
         rules = self.rules
+        q_entry, kv_entry = rules.q_heads, rules.kv_heads
+        if self.axis_size(q_entry) > 1 or self.axis_size(kv_entry) > 1:
+            if q_entry != kv_entry or not isinstance(q_entry, str):
+                raise ValueError(
+                    f"rules {self.rules_name!r} map q_heads -> {q_entry!r} and kv_heads -> {kv_entry!r}: "
+                    "split heads need both on the same single mesh axis (attention runs per head shard)"
+                )
+        dims = {"vocab": config.vocab_size, "embed": config.hidden_size, "mlp": config.intermediate_size}
         for axis, size in dims.items():
             entry = getattr(rules, axis)
             shards = self.axis_size(entry)
-            if size % shards == 0:
-                continue
-            if axis == "kv_heads" and shards % size == 0:
-                logger.info("%d kv heads over %d shards: replicating kv heads", size, shards)
-                rules = rules.replace(kv_heads=None)
-                continue
-            raise ValueError(
-                f"the model's {axis} dimension ({size}) does not divide over {shards} shards "
-                f"(rules {self.rules_name!r} map {axis} -> {entry!r} on mesh {describe_mesh(self.mesh)}); "
-                f"use a mesh whose size divides it, or a rule set that maps {axis} elsewhere"
-            )
-        self.model_rules = rules
+            if size % shards:
+                raise ValueError(
+                    f"the model's {axis} dimension ({size}) does not divide over {shards} shards "
+                    f"(rules {self.rules_name!r} map {axis} -> {entry!r} on mesh {describe_mesh(self.mesh)}); "
+                    f"use a mesh whose size divides it, or a rule set that maps {axis} elsewhere"
+                )
+        self.head_layout = plan_head_layout(config.num_heads, config.num_kv_heads, self.axis_size(q_entry))
+        if not self.head_layout.is_identity:
+            self._log_padding(config)
+        self.model_config = padded_config(config, self.head_layout)
+        return self.model_config
+
+    def _log_padding(self, config: ModelConfig) -> None:
+        shards = self.axis_size(self.rules.q_heads)
+        weights, kv_per_token = padding_bytes(config, self.head_layout, jnp.dtype(config.jnp_dtype).itemsize)
+        kv_share = self.head_layout.padded_kv_heads / max(shards, 1) / config.num_kv_heads
+        logger.warning(
+            "%d query / %d kv heads do not split over %d shards: padded %s; costs %.1f MiB more weights "
+            "(%.1f MiB per device) and %d more KV-cache bytes per token (each device holds %.2fx the "
+            "unsharded model's KV per token)",
+            config.num_heads, config.num_kv_heads, shards, self.head_layout.describe(), weights / 2**20,
+            weights / shards / 2**20, kv_per_token, kv_share,
+        )
+
+    def head_sharding(self) -> HeadSharding | None:
+        """Where attention runs per head shard (``ops.head_sharded_attention``), or None."""
+        if not self.splits_heads():
+            return None
+        return HeadSharding(self.mesh, self.rules.q_heads)  # a single axis name (check_model)
 
     def param_sharding(self, path: tuple[str, ...], shape: tuple[int, ...]) -> NamedSharding:
         """The placement of one parameter; loaders call it before putting the tensor on device.
 
-        Before ``check_model`` has seen the config this cannot tell kv heads that must be
-        replicated from ones that divide; ``shard_params`` then moves those few tensors.
+        A tensor still in the checkpoint's head layout (before ``check_model`` has seen the
+        config, or before ``shard_params`` pads it) keeps any dimension that does not divide
+        whole; ``shard_params`` then pads and places it.
         """
         logical = logical_axes_of(path)
         name = "/".join(path)
         if len(logical) != len(shape):
             raise ValueError(f"parameter {name} has shape {shape} but logical axes {logical}")
-        spec = self.model_rules.spec(logical)
+        spec = list(self.rules.spec(logical))
+        final = self.head_layout is not None and padded_shape(path, shape, self.head_layout) == tuple(shape)
         for dim, (size, entry) in enumerate(zip(shape, spec)):
             shards = self.axis_size(entry)
-            if size % shards:
-                raise ValueError(
-                    f"parameter {name} dimension {dim} ({logical[dim]}, size {size}) does not divide "
-                    f"over {shards} shards of mesh axis {entry!r} (rules {self.rules_name!r}); use a mesh "
-                    f"whose size divides it, or a rule set that maps {logical[dim]} elsewhere"
-                )
-        return NamedSharding(self.mesh, spec)
+            if size % shards == 0:
+                continue
+            if not final:
+                spec[dim] = None
+                continue
+            raise ValueError(
+                f"parameter {name} dimension {dim} ({logical[dim]}, size {size}) does not divide "
+                f"over {shards} shards of mesh axis {entry!r} (rules {self.rules_name!r}); use a mesh "
+                f"whose size divides it, or a rule set that maps {logical[dim]} elsewhere"
+            )
+        return NamedSharding(self.mesh, PartitionSpec(*spec))
 
     def shard_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        """``params`` with every tensor where ``param_sharding`` says; placed ones are not moved."""
+        """``params`` padded to the head layout and placed as ``param_sharding`` says.
+
+        Tensors already in place are not moved; a tensor to pad is padded on its devices and
+        lands directly in its final sharding, one tensor at a time.
+        """
+        if self.head_layout is None:
+            raise RuntimeError("shard_params before check_model: the head layout is not known yet")
         flat = flatten_dict(params)
         for path, array in flat.items():
-            target = self.param_sharding(path, array.shape)
+            shape = padded_shape(path, array.shape, self.head_layout)
+            target = self.param_sharding(path, shape)
+            if shape != tuple(array.shape):
+                pad = jax.jit(functools.partial(pad_heads, path, layout=self.head_layout, xp=jnp),
+                              out_shardings=target)
+                flat[path] = pad(array)
+                continue
             current = getattr(array, "sharding", None)
             if current is None or not current.is_equivalent_to(target, array.ndim):
                 flat[path] = jax.device_put(array, target)
         return unflatten_dict(flat)
 
     def splits_heads(self) -> bool:
-        return self.axis_size(self.model_rules.q_heads) > 1
+        return self.axis_size(self.rules.q_heads) > 1
 
     def check_attention_backend(self, backend: str) -> None:
-        """Warns when a Pallas kernel would see heads split over devices: XLA cannot partition
-        a custom call, so it would gather the kernel's operands (the KV pools) onto every device."""
-        if backend != "reference" and self.splits_heads():
-            logger.warning(
-                "attention backend %r with q heads split over %d devices: the kernel is not partitioned "
-                "per head shard yet, so XLA gathers its operands; use attention_backend='reference' "
-                "(docs/sharding.md, Limitations)", backend, self.axis_size(self.model_rules.q_heads))
+        """Every backend runs per head shard when heads are split (``head_sharding``); nothing
+        to refuse. Kept as the runner's hook for backend/mesh combinations."""
+        if self.splits_heads():
+            logger.info("attention backend %r runs per head shard over mesh axis %r",
+                        backend, self.rules.q_heads)
 
     # ---- KV cache and step inputs ----------------------------------------------------------
     def kv_cache_sharding(self) -> NamedSharding:
         """Of each layer's K and V pool ``[num_blocks, block_size, kv_heads, head_dim]``."""
-        return NamedSharding(self.mesh, self.model_rules.spec(KV_CACHE_LOGICAL_AXES))
+        return NamedSharding(self.mesh, self.rules.spec(KV_CACHE_LOGICAL_AXES))
 
     def kv_cache_split(self) -> tuple[int, int]:
         """(how many slices the block axis is cut into, how many the kv-head axis is cut into)."""
-        return self.axis_size(self.model_rules.kv_blocks), self.axis_size(self.model_rules.kv_heads)
+        return self.axis_size(self.rules.kv_blocks), self.axis_size(self.rules.kv_heads)
 
     def batch_sharding(self) -> NamedSharding:
         """Of every step input: its leading (token or sequence) axis is split over replicas."""

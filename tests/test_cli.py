@@ -14,7 +14,9 @@ from engine.serve import main as serve_main
 VLLM_FLAGS = ("--model", "--tokenizer", "--served-model-name", "--host", "--port", "--dtype", "--max-model-len",
               "--max-num-seqs", "--max-num-batched-tokens", "--gpu-memory-utilization", "--block-size", "--seed",
               "--load-format", "--api-key", "--chat-template", "--generation-config", "--mesh", "--config",
-              "--disable-log-requests", "--uvicorn-log-level")
+              "--disable-log-requests", "--uvicorn-log-level", "--allowed-origins", "--allowed-methods",
+              "--allowed-headers", "--allow-credentials", "--ssl-keyfile", "--ssl-certfile", "--root-path",
+              "--trust-request-chat-template")
 
 
 @pytest.mark.parametrize("text, value", [("4096", 4096), ("32k", 32_000), ("32K", 32_768), ("1.5K", 1536),
@@ -79,8 +81,26 @@ def test_config_file_with_an_unknown_key_is_an_error(tmp_path: Path, capsys: pyt
 
 def test_api_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TESSERA_API_KEY", "from-env")
-    assert parse_args([]).api_key == "from-env"
-    assert parse_args(["--api-key", "flag"]).api_key == "flag"
+    assert parse_args([]).api_key == ["from-env"]
+    assert parse_args(["--api-key", "flag"]).api_key == ["flag"]
+
+
+def test_several_api_keys_never_become_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TESSERA_API_KEY", raising=False)
+    args = parse_args(["--api-key", "k1", "k2", "--api-key", "k3"])
+    assert args.api_key == ["k1", "k2", "k3"] and args.model is None
+    assert parse_args(["model.gguf", "--api-key", "k1"]).model == "model.gguf"
+    assert parse_args([]).api_key is None
+
+
+def test_server_flags_of_vllm(capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse_args(["--allowed-origins", "https://a.example", "--root-path", "/tessera",
+                       "--ssl-keyfile", "k.pem", "--ssl-certfile", "c.pem", "--trust-request-chat-template"])
+    assert args.allowed_origins == ["https://a.example"] and args.root_path == "/tessera"
+    assert args.trust_request_chat_template and args.metric_prefixes == ["vllm:", "tessera:"]
+    with pytest.raises(SystemExit):
+        parse_args(["--ssl-keyfile", "k.pem"])
+    assert "go together" in capsys.readouterr().err
 
 
 def test_help_lists_vllms_flags(capsys: pytest.CaptureFixture[str]) -> None:

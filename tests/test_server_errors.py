@@ -36,11 +36,11 @@ def _error(response: httpx.Response, status: int) -> dict[str, Any]:
     (b'{"model": "tiny", "prompt": [1, 2', 400, None, "not valid JSON"),
     (b'{"model": "tiny", "prompt": [1], "max_tokens": "ten"}', 400, "max_tokens", "Expected `int | null`"),
     (b'{"model": "tiny", "prompt": {"a": 1}}', 400, "prompt", "Expected"),
-    (b'{"model": "tiny", "prompt": [1], "max_tokens": -5}', 400, "max_tokens", "max_tokens must be"),
-    (b'{"model": "tiny", "prompt": [1], "temperature": -1}', 400, "temperature", "temperature must be"),
+    (b'{"model": "tiny", "prompt": [1], "max_tokens": -5}', 400, "max_tokens", "Expected `int` >= 1"),
+    (b'{"model": "tiny", "prompt": [1], "temperature": -1}', 400, "temperature", "Expected `float` >= 0"),
     (b'{"model": "tiny", "prompt": [1], "logit_bias": {"x": 1}}', 400, "logit_bias", "token ids"),
     (b'{"model": "tiny", "prompt": [1, 99999999]}', 400, "prompt", "out of range"),
-    (b'{"model": "tiny", "prompt": []}', 400, "prompt", "not empty"),
+    (b'{"model": "tiny", "prompt": []}', 400, "prompt", "length >= 1"),
     (b'{"model": "tiny", "prompt": [1], "stream_options": {"include_usage": true}}', 400, "stream_options",
      "stream is true"),
     (b'{"model": "nope", "prompt": [1]}', 404, "model", "The model `nope` does not exist."),
@@ -120,13 +120,17 @@ def _app(make_tiny_engine: Any, **settings: Any) -> Any:
                      log_stats_interval_s=None)
 
 
-def test_api_key(make_tiny_engine: Any) -> None:
-    with TestClient(_app(make_tiny_engine, api_key="sesame")) as client:
-        error = _error(client.get("/v1/models"), 401)  # type: ignore[arg-type]
+def test_api_keys(make_tiny_engine: Any) -> None:
+    with TestClient(_app(make_tiny_engine, api_keys=["sesame", "open"])) as client:
+        response = client.get("/v1/models")
+        error = _error(response, 401)  # type: ignore[arg-type]
         assert error["type"] == "AuthenticationError"
+        assert response.headers["www-authenticate"].startswith("Bearer")
         _error(client.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401)  # type: ignore[arg-type]
+        _error(client.get("/v1/models", headers={"Authorization": "Basic sesame"}), 401)  # type: ignore[arg-type]
         _error(client.post("/tokenize", json={"prompt": "x"}), 401)  # type: ignore[arg-type]
-        assert client.get("/v1/models", headers={"Authorization": "Bearer sesame"}).status_code == 200
+        for key in ("sesame", "open"):
+            assert client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
         assert client.get("/health").status_code == 200
         assert client.get("/metrics").status_code == 200
 
@@ -138,6 +142,44 @@ def test_overloaded_server_answers_503(make_tiny_engine: Any) -> None:
         assert response.headers["retry-after"] == "1"
 
 
+def test_failing_step_ends_its_requests_and_the_server_goes_on(make_tiny_engine: Any) -> None:
+    app = _app(make_tiny_engine)
+    engine = app.state.server.engine
+    real_step, failures = engine.step, [1]
+
+    def step_failing_once() -> list[Any]:
+        if failures:
+            failures.pop()
+            raise RuntimeError("device hiccup")
+        return real_step()
+
+    engine.step = step_failing_once
+    with TestClient(app) as client:
+        error = _error(client.post("/v1/completions", json=GOOD), 500)  # type: ignore[arg-type]
+        assert "device hiccup" not in error["message"]
+        assert client.get("/health").status_code == 200
+        assert client.post("/v1/completions", json=GOOD).json()["usage"]["completion_tokens"] == 2
+        stats = engine.stats()
+        assert stats.num_free_blocks == stats.num_blocks
+
+
+def test_failing_add_ends_only_that_request(make_tiny_engine: Any) -> None:
+    app = _app(make_tiny_engine)
+    engine = app.state.server.engine
+    real_add = engine.add_request
+
+    def add_failing_on_token_13(request_id: str, prompt: Any, params: Any, arrival: Any = None) -> None:
+        if 13 in prompt:
+            raise OverflowError("Python int too large to convert to C int")
+        real_add(request_id, prompt, params, arrival)
+
+    engine.add_request = add_failing_on_token_13
+    with TestClient(app) as client:
+        _error(client.post("/v1/completions", json={**GOOD, "prompt": [13]}), 500)  # type: ignore[arg-type]
+        assert client.get("/health").status_code == 200
+        assert client.post("/v1/completions", json=GOOD).json()["usage"]["completion_tokens"] == 2
+
+
 def test_dead_engine_means_503_everywhere(make_tiny_engine: Any) -> None:
     app = _app(make_tiny_engine)
     engine = app.state.server.engine
@@ -147,6 +189,8 @@ def test_dead_engine_means_503_everywhere(make_tiny_engine: Any) -> None:
 
     engine.step = broken_step
     with TestClient(app) as client:
+        statuses = [client.post("/v1/completions", json=GOOD).status_code for _ in range(3)]
+        assert statuses == [500, 500, 503]  # the third failure in a row stops the engine
         error = _error(client.post("/v1/completions", json=GOOD), 503)  # type: ignore[arg-type]
         assert "device lost" not in error["message"]
         assert client.get("/health").status_code == 503

@@ -1,4 +1,5 @@
-"""Sharded = unsharded: tp=1,2,4,8 and dp=2,tp=2 on 8 CPU devices, Llama- and Qwen2-style.
+"""Sharded = unsharded: tp=1,2,4,8 and dp=2,tp=2 on 8 CPU devices, Llama- and Qwen2-style, and
+SmolLM2-135M's 9 q / 3 kv heads padded for tp=2 and tp=4.
 
 The 8-device runs need ``--xla_force_host_platform_device_count=8`` before JAX starts, so
 they run once in a subprocess (this file as a module: ``python -m tests.test_sharding OUT``)
@@ -7,6 +8,7 @@ that writes JSON; the tests below check it. Spec, rules and model checks run in-
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,14 +21,25 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NUM_DEVICES = 8
 MODELS: dict[str, dict[str, Any]] = {
-    # 2 kv heads: split for tp <= 2, replicated for tp = 4, 8
+    # 2 kv heads: split for tp <= 2, each copied onto tp/2 devices for tp = 4, 8
     "llama": dict(architecture="LlamaForCausalLM", num_heads=8, num_kv_heads=2, head_dim=8),
     "qwen2": dict(architecture="Qwen2ForCausalLM", num_heads=8, num_kv_heads=4, head_dim=8,
                   attention_bias=True, tie_word_embeddings=True),
+    # SmolLM2-135M's heads: 9 q / 3 kv, padded to 12 q / 4 kv for tp = 2, 4 (models/head_layout.py)
+    "smollm-heads": dict(architecture="LlamaForCausalLM", num_heads=9, num_kv_heads=3, head_dim=8),
 }
 LAYOUTS = [("tp=1", "default"), ("tp=2", "default"), ("tp=4", "default"), ("tp=8", "default"),
            ("dp=2,tp=2", "default")]
+MODEL_LAYOUTS = {"smollm-heads": [("tp=2", "default"), ("tp=4", "default")]}
 EXTRA_LAYOUTS = {"llama": [("tp=2", "replicated-embed"), ("tp=2", "fsdp-like"), ("dp=4,tp=2", "default")]}
+# query / kv heads after padding, by (model, tp), where they differ from the model's
+PADDED_HEADS = {("llama", 4): (8, 4), ("llama", 8): (8, 8), ("qwen2", 8): (8, 8),
+                ("smollm-heads", 2): (12, 4), ("smollm-heads", 4): (12, 4)}
+
+
+def layouts_of(model: str) -> list[tuple[str, str]]:
+    return MODEL_LAYOUTS.get(model, LAYOUTS) + EXTRA_LAYOUTS.get(model, [])
+COLLECTIVE_LAYOUTS = ("tp=4",)  # layouts whose compiled decode step is checked for its collectives
 BAD_SPECS = ["tp=3", "tp=16", "dp=2,tp=2", "tp=abc", "pp=2", "ep=2"]
 PROMPTS = [[3, 4, 5], list(range(20, 37)), list(range(100, 130)), [7] * 9]
 NUM_BLOCKS = 32
@@ -105,7 +118,23 @@ def _run(config: Any, spec: str | None, rules: str) -> dict[str, Any]:
     result["kv_cache"] = _shards(engine.runner.kv_caches[0][0])
     stats = engine.stats()
     result["blocks_free_after"] = [stats.num_free_blocks, stats.num_blocks]
+    if spec in COLLECTIVE_LAYOUTS and rules == "default":
+        result["collectives"] = _decode_step_collectives(engine)
     return result
+
+
+def _decode_step_collectives(engine: Any) -> dict[str, Any]:
+    """The collectives of the compiled greedy decode step of 8 sequences (sharding/collectives.py).
+
+    Reaches into the runner for its jitted step and padding-only inputs: adapt here if those change.
+    """
+    from engine.sampler import SamplerMode
+    from sharding.collectives import count_collectives
+
+    runner = engine.runner
+    inputs = runner._dummy_inputs(8, 8, 4)
+    compiled = runner._step.lower(runner.params, runner.kv_caches, *inputs, SamplerMode(True, False, 0), None).compile()
+    return {kind: dataclasses.asdict(entry) for kind, entry in count_collectives(compiled.as_text()).items()}
 
 
 def _bad_spec_errors() -> dict[str, str]:
@@ -131,7 +160,7 @@ def worker(out_path: str) -> None:
     for name, overrides in MODELS.items():
         config = tiny_config(**overrides)
         runs = {"unsharded": _run(config, None, "default")}
-        for spec, rules in LAYOUTS + EXTRA_LAYOUTS.get(name, []):
+        for spec, rules in layouts_of(name):
             runs[f"{spec}/{rules}"] = _run(config, spec, rules)
         results[name] = runs
     Path(out_path).write_text(json.dumps(results))
@@ -150,8 +179,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _all_layouts() -> list[tuple[str, str]]:
-    return [(model, f"{spec}/{rules}") for model in MODELS
-            for spec, rules in LAYOUTS + EXTRA_LAYOUTS.get(model, [])]
+    return [(model, f"{spec}/{rules}") for model in MODELS for spec, rules in layouts_of(model)]
 
 
 @pytest.mark.parametrize(("model", "layout"), _all_layouts())
@@ -165,18 +193,21 @@ def test_sharded_matches_unsharded(results: dict[str, Any], model: str, layout: 
     assert got["blocks_free_after"][0] == got["blocks_free_after"][1]  # every block came back
 
 
-def _expected_shard(name: str, config: dict[str, Any], tp: int, rules: str) -> tuple[int, ...] | None:
+def _expected_shard(name: str, model: str, tp: int, rules: str) -> tuple[int, ...] | None:
+    config = MODELS[model]
     hidden, mlp, vocab, d = 64, 128, 256, config["head_dim"]
-    q, kv = config["num_heads"] * d, config["num_kv_heads"] * d
-    kv_tp = tp if config["num_kv_heads"] % tp == 0 else 1
+    heads, kv_heads = config["num_heads"], config["num_kv_heads"]
+    if rules != "fsdp-like":
+        heads, kv_heads = PADDED_HEADS.get((model, tp), (heads, kv_heads))
+    q, kv = heads * d, kv_heads * d
     if rules == "fsdp-like":
         split_embed = {"embed": (vocab, hidden // tp), "q_proj": (hidden // tp, q), "k_proj": (hidden // tp, kv),
                        "k_bias": (kv,), "o_proj": (q, hidden // tp), "down_proj": (mlp, hidden // tp),
                        "lm_head": (hidden // tp, vocab)}
         return split_embed[name]
     vocab_tp = 1 if rules == "replicated-embed" else tp
-    return {"embed": (vocab // vocab_tp, hidden), "q_proj": (hidden, q // tp), "k_proj": (hidden, kv // kv_tp),
-            "k_bias": (kv // kv_tp,), "o_proj": (q // tp, hidden), "down_proj": (mlp // tp, hidden),
+    return {"embed": (vocab // vocab_tp, hidden), "q_proj": (hidden, q // tp), "k_proj": (hidden, kv // tp),
+            "k_bias": (kv // tp,), "o_proj": (q // tp, hidden), "down_proj": (mlp // tp, hidden),
             "lm_head": (hidden, vocab // vocab_tp)}[name]
 
 
@@ -191,9 +222,11 @@ def test_parameters_and_kv_cache_are_split(results: dict[str, Any], model: str, 
     run = results[model][layout]
     for name, info in run["params"].items():
         assert info["devices"] == tp * dp, name
-        assert info["shards"] == [list(_expected_shard(name, config, tp, rules))], (name, info)
+        assert info["shards"] == [list(_expected_shard(name, model, tp, rules))], (name, info)
     kv_heads = config["num_kv_heads"]
-    kv_tp = 1 if rules == "fsdp-like" or kv_heads % tp else tp
+    if rules != "fsdp-like":
+        kv_heads = PADDED_HEADS.get((model, tp), (0, kv_heads))[1]
+    kv_tp = 1 if rules == "fsdp-like" else tp
     cache = run["kv_cache"]
     assert cache["shape"] == [NUM_BLOCKS, 16, kv_heads, config["head_dim"]]
     assert cache["shards"] == [[NUM_BLOCKS // dp, 16, kv_heads // kv_tp, config["head_dim"]]], cache
@@ -206,6 +239,22 @@ def _expected_spread(dp: int) -> list[int]:
     for i in range(len(PROMPTS)):
         counts[i % dp] += 2 if i == len(PROMPTS) - 1 else 1
     return counts
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_two_all_reduces_per_layer_and_no_gathered_pool(results: dict[str, Any], model: str) -> None:
+    """tp=4 decode: one all-reduce after each o_proj and each down_proj, one after the
+    vocab-parallel embedding lookup; the only gathers are the sampler's per-shard best
+    candidates ([sequences, k] numbers), never a weight, an activation or the KV pool."""
+    from tests.tiny_models import tiny_config
+
+    found = results[model]["tp=4/default"]["collectives"]
+    layers = tiny_config().num_layers
+    assert found["all-reduce"]["count"] == 2 * layers + 1, found
+    assert found["all-reduce"]["largest_elements"] == 8 * 64, found  # [sequences, hidden]
+    assert set(found) <= {"all-reduce", "all-gather"}, found
+    if "all-gather" in found:
+        assert found["all-gather"]["largest_elements"] <= 8 * 4 * 2, found
 
 
 @pytest.mark.parametrize(("spec", "words"), [

@@ -15,6 +15,7 @@ from engine.sequence import Sequence
 from sharding import ModelSharding, ShardingRules, build_mesh, load_rules, parse_mesh_spec
 from sharding.cli import add_sharding_args, init_distributed_from_args, sharding_config
 from sharding.data_parallel import DataParallelScheduler
+from models.head_layout import pad_heads, plan_head_layout
 from sharding.rules import RULE_SETS
 from tests.tiny_models import tiny_config
 
@@ -81,24 +82,65 @@ def _sharding(dp: int, tp: int, rules: ShardingRules | None = None) -> ModelShar
     return ModelSharding(AbstractMesh((dp, tp), ("dp", "tp")), rules or ShardingRules(), "test")  # type: ignore[arg-type]
 
 
-def test_kv_heads_fewer_than_tp_are_replicated() -> None:
+def test_kv_heads_fewer_than_tp_are_copied() -> None:
     sharding = _sharding(1, 4)
-    sharding.check_model(tiny_config(num_heads=8, num_kv_heads=2, head_dim=8))
-    assert sharding.model_rules.kv_heads is None and sharding.model_rules.q_heads == "tp"
-    assert sharding.kv_cache_split() == (1, 1)
+    padded = sharding.check_model(tiny_config(num_heads=8, num_kv_heads=2, head_dim=8))
+    assert (padded.num_heads, padded.num_kv_heads) == (8, 4)  # each kv head on 2 devices, 2 queries each
+    assert sharding.head_layout.kv_source == (0, 0, 1, 1)
+    assert sharding.kv_cache_split() == (1, 4)
     sharding = _sharding(2, 2)
-    sharding.check_model(tiny_config(num_heads=8, num_kv_heads=2, head_dim=8))
+    padded = sharding.check_model(tiny_config(num_heads=8, num_kv_heads=2, head_dim=8))
+    assert (padded.num_heads, padded.num_kv_heads) == (8, 2) and sharding.head_layout.is_identity
     assert sharding.kv_cache_split() == (2, 2)
 
 
+@pytest.mark.parametrize(("heads", "tp", "padded", "q_source", "kv_source"), [
+    ((9, 3), 4, (12, 4), (*range(9), -1, -1, -1), (0, 1, 2, -1)),  # SmolLM2-135M: a zero kv head, 3 zero q heads
+    ((9, 3), 3, (9, 3), tuple(range(9)), (0, 1, 2)),
+    ((9, 3), 8, (16, 8), (0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, -1, -1, -1, -1), (0, 0, 1, 1, 2, 2, -1, -1)),
+    ((28, 4), 8, (32, 8), tuple(h for g in range(4) for h in (*range(7 * g, 7 * g + 7), -1)), (0, 0, 1, 1, 2, 2, 3, 3)),
+    ((64, 8), 16, (64, 16), tuple(range(64)), tuple(i // 2 for i in range(16))),
+])
+def test_head_layouts(heads: tuple[int, int], tp: int, padded: tuple[int, int], q_source: tuple[int, ...],
+                      kv_source: tuple[int, ...]) -> None:
+    layout = plan_head_layout(*heads, tp)
+    assert (layout.padded_heads, layout.padded_kv_heads) == padded
+    assert layout.q_source == q_source and layout.kv_source == kv_source
+    group = heads[0] // heads[1]
+    new_group = padded[0] // padded[1]
+    for h, source in enumerate(layout.q_source):  # every real query reads a copy of its own kv head
+        if source >= 0:
+            assert layout.kv_source[h // new_group] == source // group
+    assert sorted(s for s in layout.q_source if s >= 0) == list(range(heads[0]))
+
+
+def test_padded_parameters_compute_the_same_projection() -> None:
+    import numpy as np
+
+    layout = plan_head_layout(9, 3, 4)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 16)).astype(np.float32)
+    wq = rng.standard_normal((16, 9 * 4)).astype(np.float32)  # head_dim 4
+    wo = rng.standard_normal((9 * 4, 16)).astype(np.float32)
+    q = pad_heads(("q_proj", "kernel"), wq, layout)
+    o = pad_heads(("o_proj", "kernel"), wo, layout)
+    assert q.shape == (16, 48) and o.shape == (48, 16)
+    assert (q[:, 36:] == 0).all() and (o[36:] == 0).all()
+    np.testing.assert_allclose(x @ q @ o, x @ wq @ wo, rtol=1e-5)
+
+
 @pytest.mark.parametrize(("overrides", "axis"), [
-    (dict(num_heads=6, num_kv_heads=2, head_dim=8), "q_heads"),  # 6 q heads over tp=4
-    (dict(num_heads=8, num_kv_heads=3, head_dim=8), "kv_heads"),  # 3 kv heads: neither divides
     (dict(vocab_size=258), "vocab"),
+    (dict(intermediate_size=130), "mlp"),
 ])
 def test_model_dimensions_that_do_not_divide(overrides: dict[str, int], axis: str) -> None:
     with pytest.raises(ValueError, match=f"model's {axis} dimension"):
         _sharding(1, 4).check_model(tiny_config(**overrides))
+
+
+def test_heads_split_over_two_different_axes_are_refused() -> None:
+    with pytest.raises(ValueError, match="same single mesh axis"):
+        _sharding(1, 4, ShardingRules(kv_heads=None)).check_model(tiny_config(num_heads=8, head_dim=8))
 
 
 def test_replicated_embed_accepts_any_vocab() -> None:
