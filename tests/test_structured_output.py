@@ -9,6 +9,7 @@ from typing import Any
 import jsonschema
 import pydantic
 import pytest
+from openai.lib._pydantic import to_strict_json_schema
 
 from engine.structured_output import GrammarCompiler, GrammarMatcher, StructuredOutputError, StructuredOutputSpec
 from engine.structured_output.spec import MAX_CHOICES, MAX_SPEC_CHARS
@@ -138,9 +139,22 @@ def test_json_object_and_pydantic_schema(compiler: GrammarCompiler, smollm_token
         attendees: list[str]
         location: str | None = None
 
-    matcher = compiler.matcher(StructuredOutputSpec.json_schema(Event.model_json_schema()))
+    class Place(pydantic.BaseModel):
+        city: str
+        zip: str | None
+
+    class Trip(pydantic.BaseModel):
+        event: Event
+        stops: list[Place]
+
     doc = Event(name="x", day=3, attendees=["a", "b"]).model_dump_json()
+    matcher = compiler.matcher(StructuredOutputSpec.json_schema(Event.model_json_schema()))
     assert _feed(matcher, smollm_tokenizer, doc) and matcher.is_accepting
+    # What openai's client.chat.completions.parse sends: strict, $defs and $refs, nullable fields.
+    strict = to_strict_json_schema(Trip)
+    trip = Trip(event=Event(name="x", day=3, attendees=[]), stops=[Place(city="Oslo", zip=None)])
+    matcher = compiler.matcher(StructuredOutputSpec.json_schema(strict))
+    assert _feed(matcher, smollm_tokenizer, trip.model_dump_json()) and matcher.is_accepting
 
 
 def test_regex_choice_and_grammar(compiler: GrammarCompiler, smollm_tokenizer: Any) -> None:
