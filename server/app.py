@@ -162,7 +162,7 @@ async def detokenize(data: JSONBody[DetokenizeRequest], request: Request[Any, An
     bad = [t for t in data.tokens if not 0 <= t < vocab]
     if bad:
         raise bad_request(f"token id {bad[0]} is out of range for a vocabulary of {vocab}", "tokens")
-    return DetokenizeResponse(prompt=server.decode(data.tokens))
+    return DetokenizeResponse(prompt=await asyncio.to_thread(server.decode, data.tokens))
 
 
 def build_app(engine: LLMEngine, settings: ServerSettings, *, log_stats_interval_s: float | None = 10.0) -> Litestar:
