@@ -9,10 +9,10 @@ import logging
 from typing import Any
 
 from litestar import Litestar, Request, Response, get, post
+from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.handlers import BaseRouteHandler
-from litestar.config.cors import CORSConfig
 from litestar.params import FromPath, JSONBody
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -31,6 +31,7 @@ from server.protocol import (
     DetokenizeRequest,
     TokenizeRequest,
 )
+from server.request_body import strict_body
 from server.responses import (
     ChatCompletionResponse,
     CompletionResponse,
@@ -39,7 +40,6 @@ from server.responses import (
     ModelList,
     TokenizeResponse,
 )
-from server.request_body import strict_body
 from server.state import ServerSettings, ServerState
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ async def chat_completions(data: JSONBody[ChatCompletionRequest], request: Reque
 
 @post("/tokenize", guards=[require_api_key], status_code=200, before_request=strict_body(TokenizeRequest),
       responses=api_responses(TokenizeResponse, "The prompt's token ids"))
-async def tokenize(data: JSONBody[TokenizeRequest], request: Request[Any, Any, Any], state: State) -> TokenizeResponse:
+async def tokenize(data: JSONBody[TokenizeRequest], state: State) -> TokenizeResponse:
     server = _server(state)
     server.resolve_model(data.model)
     if (data.prompt is None) == (data.messages is None):
@@ -152,8 +152,7 @@ async def tokenize(data: JSONBody[TokenizeRequest], request: Request[Any, Any, A
 
 @post("/detokenize", guards=[require_api_key], status_code=200, before_request=strict_body(DetokenizeRequest),
       responses=api_responses(DetokenizeResponse, "The tokens' text"))
-async def detokenize(data: JSONBody[DetokenizeRequest], request: Request[Any, Any, Any],
-                     state: State) -> DetokenizeResponse:
+async def detokenize(data: JSONBody[DetokenizeRequest], state: State) -> DetokenizeResponse:
     server = _server(state)
     server.resolve_model(data.model)
     if server.engine.tokenizer is None:
