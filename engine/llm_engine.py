@@ -218,10 +218,15 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch:
             return []
-        out = self.runner.execute(batch, self.eos_token_ids)
+        in_flight = self.runner.dispatch(batch, self.eos_token_ids)
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             self.prompt_tokens_total += max(0, min(n, seq.num_prompt_tokens - seq.num_computed_tokens))
         self.scheduler.complete(batch)
+        built = in_flight.built
+        for seq, takes, row in zip(batch.seqs, built.samples, built.token_rows):
+            if takes:
+                seq.mark_pending(int(row))
+        out = self.runner.fetch(in_flight)
         touched: dict[str, RequestState] = {}
         for row, seq in enumerate(batch.seqs):
             state = self.requests.get(seq.request_id)
@@ -245,7 +250,7 @@ class LLMEngine:
 
     def _append_token(self, state: RequestState, seq: Sequence, row: int, out: StepOutput) -> None:
         token = int(out.tokens[row])
-        seq.token_ids.append(token)
+        seq.resolve_pending(token)
         self.generation_tokens_total += 1
         if seq.first_token_time is None:
             seq.first_token_time = time.monotonic()
