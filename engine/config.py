@@ -32,6 +32,7 @@ class EngineConfig:
         )
     )
     use_checkpoint_cache: bool = True
+    async_scheduling: bool = True  # overlap: launch step N+1 before step N's tokens reach the host
 
     def validate(self) -> None:
         if self.block_size not in (8, 16, 32, 64, 128):

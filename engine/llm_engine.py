@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 from engine.block_manager import BlockManager
 from engine.compilation import compilation_count, enable_persistent_cache, install_counter
 from engine.config import EngineConfig
-from engine.model_runner import ModelRunner, StepOutput
+from engine.model_runner import InFlightStep, ModelRunner, StepOutput
 from engine.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
 from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler
+from engine.scheduler import ScheduledBatch, Scheduler
 from engine.sequence import Sequence
 from engine.stop_checker import StopChecker
 from models.loaders import LoadedModel, load_model
@@ -139,6 +139,7 @@ class LLMEngine:
         self.generation_tokens_total = 0
         self.last_step_total_s = 0.0
         self.last_step_device_wait_s = 0.0
+        self._in_flight: tuple[ScheduledBatch, InFlightStep] | None = None  # launched, not yet read back
 
     # ---- requests -------------------------------------------------------------------------
     def encode_prompt(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
@@ -208,29 +209,63 @@ class LLMEngine:
         return True
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or self._in_flight is not None
 
     # ---- the step -------------------------------------------------------------------------
     def step(self, final_only: bool = False) -> list[RequestOutput]:
         """Runs one scheduled step; returns outputs of requests that got tokens (``final_only``:
-        of requests that finished, which spares offline batches a per-token output object)."""
+        of requests that finished, which spares offline batches a per-token output object).
+
+        With ``async_scheduling`` (the overlap) the step scheduled here is launched before the
+        previous step's tokens are read back, and the outputs returned are the previous step's:
+        the host's work for step N runs while the device computes step N+1.
+        """
         started = time.perf_counter()
         batch = self.scheduler.schedule()
-        if not batch:
-            return []
+        launched = self._launch(batch) if batch else None
+        if self.config.async_scheduling:
+            previous, self._in_flight = self._in_flight, None
+            outputs = self._process(previous, final_only) if previous is not None else []
+            if launched is not None:
+                self._complete(launched)
+                self._in_flight = launched
+        else:
+            outputs = []
+            if launched is not None:
+                self._complete(launched)
+                outputs = self._process(launched, final_only)
+        self.last_step_total_s = time.perf_counter() - started
+        self.last_step_device_wait_s = self.runner.last_device_wait_s
+        return outputs
+
+    def _launch(self, batch: ScheduledBatch) -> tuple[ScheduledBatch, InFlightStep]:
         in_flight = self.runner.dispatch(batch, self.eos_token_ids)
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             self.prompt_tokens_total += max(0, min(n, seq.num_prompt_tokens - seq.num_computed_tokens))
+        return batch, in_flight
+
+    def _complete(self, launched: tuple[ScheduledBatch, InFlightStep]) -> None:
+        """Counts the launched step's tokens as computed; its samples become pending tokens.
+
+        Runs once every token it fed is known on the host (registration hashes them), and
+        skips sequences that ended meanwhile (their blocks are already free).
+        """
+        batch, in_flight = launched
         self.scheduler.complete(batch)
         built = in_flight.built
         for seq, takes, row in zip(batch.seqs, built.samples, built.token_rows):
-            if takes:
+            if takes and not seq.is_finished:
                 seq.mark_pending(int(row))
+
+    def _process(self, launched: tuple[ScheduledBatch, InFlightStep], final_only: bool) -> list[RequestOutput]:
+        """Reads a step's results back: appends tokens, checks stops, makes outputs. A token
+        sampled for a sequence that ended meanwhile (found one step late, or aborted) is dropped."""
+        batch, in_flight = launched
         out = self.runner.fetch(in_flight)
         touched: dict[str, RequestState] = {}
         for row, seq in enumerate(batch.seqs):
             state = self.requests.get(seq.request_id)
-            if state is None:
+            if state is None or seq.is_finished:
                 continue
             if row in out.prompt:
                 self._record_prompt_logprobs(seq, out.prompt[row])
@@ -244,8 +279,6 @@ class LLMEngine:
                 outputs.append(self._request_output(state))
             if finished:
                 del self.requests[state.request_id]
-        self.last_step_total_s = time.perf_counter() - started
-        self.last_step_device_wait_s = self.runner.last_device_wait_s
         return outputs
 
     def _append_token(self, state: RequestState, seq: Sequence, row: int, out: StepOutput) -> None:
