@@ -222,27 +222,45 @@ class LLMEngine:
         """
         started = time.perf_counter()
         batch = self.scheduler.schedule()
-        launched = self._launch(batch) if batch else None
+        outputs: list[RequestOutput] = []
+        launched = self._launch(batch, outputs) if batch else None
         if self.config.async_scheduling:
             previous, self._in_flight = self._in_flight, None
-            outputs = self._process(previous, final_only) if previous is not None else []
+            if previous is not None:
+                outputs += self._process(previous, final_only)
             if launched is not None:
                 self._complete(launched)
                 self._in_flight = launched
-        else:
-            outputs = []
-            if launched is not None:
-                self._complete(launched)
-                outputs = self._process(launched, final_only)
+        elif launched is not None:
+            self._complete(launched)
+            outputs += self._process(launched, final_only)
         self.last_step_total_s = time.perf_counter() - started
         self.last_step_device_wait_s = self.runner.last_device_wait_s
         return outputs
 
-    def _launch(self, batch: ScheduledBatch) -> tuple[ScheduledBatch, InFlightStep]:
-        in_flight = self.runner.dispatch(batch, self.eos_token_ids)
+    def _launch(self, batch: ScheduledBatch, outputs: list[RequestOutput]
+                ) -> tuple[ScheduledBatch, InFlightStep] | None:
+        """Dispatches the batch; a request whose row could not be placed ends with an error output."""
+        batch, in_flight, failed = self.runner.dispatch(batch, self.eos_token_ids)
+        for seq, error in failed:
+            outputs.extend(self._fail_request(seq.request_id, error))
+        if in_flight is None:
+            return None
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             self.prompt_tokens_total += max(0, min(n, seq.num_prompt_tokens - seq.num_computed_tokens))
         return batch, in_flight
+
+    def _fail_request(self, request_id: str, error: Exception) -> list[RequestOutput]:
+        """Ends every sample of one request with finish_reason "error"; the others go on."""
+        state = self.requests.pop(request_id, None)
+        if state is None:
+            return []
+        logger.warning("request %s failed while its step input was built: %r", request_id, error)
+        for seq in state.seqs:
+            if not seq.is_finished:
+                seq.finish_reason = "error"
+                self.scheduler.finish(seq)
+        return [self._request_output(state)]
 
     def _complete(self, launched: tuple[ScheduledBatch, InFlightStep]) -> None:
         """Counts the launched step's tokens as computed; its samples become pending tokens.

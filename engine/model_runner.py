@@ -25,14 +25,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from engine.batch_rows import BatchRows
 from engine.compilation import compilation_count
 from engine.input_builder import BuiltStep, build_step_input
 from engine.sampler import pow2_at_least, sample, token_logprobs
 from engine.scheduler import ScheduledBatch
+from engine.sequence import Sequence
 from engine.step_input import PENDING_TOKEN, StepInput, padding_input
 from models.config import ModelConfig
 from models.llama import CausalLM
 from models.registry import build_model
+from sharding.data_parallel import DataParallelBatch
 from sharding.multihost import StepChannel
 
 if TYPE_CHECKING:
@@ -95,6 +98,7 @@ class ModelRunner:
             * jnp.dtype(config.jnp_dtype).itemsize
         )
         self.token_buffer_rows = pow2_at_least(max_num_seqs, 4)  # per replica: >= any padded sequence count
+        self.batch_rows = BatchRows(2 * self.dp * self.token_buffer_rows, self.max_blocks_per_seq)
         self._step = self._jit_step()
         self.last_device_wait_s = 0.0
         blocks = num_blocks or self._blocks_for_memory(kv_cache_memory_bytes, gpu_memory_utilization)
@@ -238,16 +242,27 @@ class ModelRunner:
         """Padding-only step inputs with ``tokens`` and ``seqs`` rows per dp replica."""
         return padding_input(self.dp, tokens, seqs, width)
 
-    def dispatch(self, batch: ScheduledBatch, eos_ids: frozenset[int]) -> InFlightStep:
-        """Builds the step's inputs and launches it (copy-on-write copies first); returns at once."""
-        built = build_step_input(batch, self._buckets, self.block_size, self.dp, self.token_buffer_rows, eos_ids)
+    def dispatch(self, batch: ScheduledBatch, eos_ids: frozenset[int]
+                 ) -> tuple[ScheduledBatch, InFlightStep | None, list[tuple[Sequence, Exception]]]:
+        """Builds the step's inputs and launches it (copy-on-write copies first); returns at once.
+
+        A sequence whose row cannot be placed is left out and reported (it fails alone); the
+        batch returned is the one launched, None when nothing was left to launch.
+        """
+        slots, failed = self.batch_rows.place(batch.seqs)
+        if failed:
+            batch, slots = _without_failed(batch, slots)
         if batch.copies:
             if self.step_channel is not None:
                 self.step_channel.send_copies(batch.copies)
             self.copy_blocks(batch.copies)
+        if not batch.seqs:
+            return batch, None, failed
+        built = build_step_input(batch, slots, self.batch_rows, self._buckets, self.block_size, self.dp,
+                                 self.token_buffer_rows, eos_ids)
         if self.step_channel is not None:
             self.step_channel.send_step(built.inputs)
-        return InFlightStep(built, self.run_step(built.inputs))
+        return batch, InFlightStep(built, self.run_step(built.inputs)), failed
 
     def fetch(self, step: InFlightStep) -> StepOutput:
         """Waits for a dispatched step and brings its sampled tokens (and logprobs) to the host."""
@@ -267,10 +282,6 @@ class ModelRunner:
             result.prompt[row] = (start, host["prompt_logprob"][window], host["prompt_rank"][window],
                                   host["prompt_top_logprobs"][window], host["prompt_top_ids"][window])
         return result
-
-    def execute(self, batch: ScheduledBatch, eos_ids: frozenset[int]) -> StepOutput:
-        """One step, start to finish (no overlap)."""
-        return self.fetch(self.dispatch(batch, eos_ids))
 
     def run_step(self, inputs: StepInput) -> dict[str, jax.Array]:
         """Launches the step on prepared inputs: the one place a step program is called. Other
@@ -303,3 +314,12 @@ class ModelRunner:
 def _take_previous(values: jax.Array, index: jax.Array, prev_tokens: jax.Array) -> jax.Array:
     """``values`` where ``index`` < 0, else the previous step's sampled token at ``index``."""
     return jnp.where(index >= 0, prev_tokens[jnp.maximum(index, 0)], values)
+
+
+def _without_failed(batch: ScheduledBatch, slots: np.ndarray) -> tuple[ScheduledBatch, np.ndarray]:
+    """The batch without the sequences whose rows could not be placed (slot -1)."""
+    keep = np.flatnonzero(slots >= 0)
+    fields = dict(seqs=[batch.seqs[i] for i in keep], num_new_tokens=[batch.num_new_tokens[i] for i in keep])
+    if isinstance(batch, DataParallelBatch):
+        fields["dp_ranks"] = [batch.dp_ranks[i] for i in keep]
+    return dataclasses.replace(batch, **fields), slots[keep]

@@ -46,6 +46,7 @@ class Sequence:
         self.arrival_time = arrival_time if arrival_time is not None else time.monotonic()
         self.status = SequenceStatus.WAITING
         self.block_table: list[int] = []
+        self.table_dirty_from = 0  # block_table entries from here on changed since the runner last copied it
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0  # prompt tokens found in the prefix cache (reported)
         self.kv_present_tokens = 0  # positions below this already have KV in the cache: never rewrite
@@ -60,6 +61,9 @@ class Sequence:
         self.first_token_time: float | None = None
         self.num_pending = 0  # sampled tokens still on the device (0 or 1)
         self.pending_row = -1  # where: row of the last dispatched step's sampled-token buffer
+
+    def table_changed_from(self, index: int) -> None:
+        self.table_dirty_from = min(self.table_dirty_from, index)
 
     def mark_pending(self, row: int) -> None:
         self.num_pending = 1

@@ -78,15 +78,6 @@ def empty_sampling(rows: int, bias_width: int = 0, history_width: int = 0) -> Sa
     )
 
 
-def sampling_from_rows(settings: list[tuple[Any, ...]], bias_ids: np.ndarray, bias_values: np.ndarray,
-                       history: np.ndarray, history_is_output: np.ndarray) -> SamplingTensors:
-    """Sampler settings from one tuple per row (``SAMPLING_PADDING``'s order), converted in one go."""
-    columns = list(zip(*settings))
-    arrays = {name: np.asarray(col, dtype) for (name, dtype), col in zip(_SETTING_COLUMNS, columns)}
-    return SamplingTensors(**arrays, bias_ids=bias_ids, bias_values=bias_values, history=history,
-                           history_is_output=history_is_output)
-
-
 def padding_input(dp: int, tokens: int, seqs: int, width: int) -> StepInput:
     """A step that computes nothing: ``tokens`` token rows and ``seqs`` sequence rows per replica."""
     all_tokens, all_seqs = dp * tokens, dp * seqs
