@@ -63,6 +63,7 @@ class EngineConfig:
         )
     )
     use_checkpoint_cache: bool = True
+    async_scheduling: bool = True  # overlap: launch step N+1 before step N's tokens reach the host
     token_bucket_ladder: tuple[int, ...] | None = None  # see PlatformDefaults
     seq_bucket_ladder: tuple[int, ...] | None = None
 
