@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-from pathlib import Path
+
+from engine.compilation import default_cache_dir
 
 
 @dataclasses.dataclass
@@ -26,11 +26,12 @@ class EngineConfig:
     attention_backend: str | None = None
     mesh: str | None = None  # e.g. "tp=4", "dp=2,tp=2" (sharding/mesh.py)
     sharding_rules: str = "default"  # a rule set name or a JSON/YAML file (sharding/rules.py)
-    compilation_cache_dir: str | None = dataclasses.field(
-        default_factory=lambda: os.environ.get(
-            "TESSERA_COMPILATION_CACHE", str(Path.home() / ".cache" / "tessera" / "xla")
-        )
-    )
+    # JAX's persistent compilation cache; None or "" turns it off (docs/compilation.md)
+    compilation_cache_dir: str | None = dataclasses.field(default_factory=default_cache_dir)
+    precompile: bool = True  # compile every planned step program before the first step
+    compile_workers: int | None = None  # threads compiling at start-up; default: min(8, cores)
+    token_buckets: list[int] | None = None  # padded token counts of prefill steps; default: doubling from 16
+    seq_buckets: list[int] | None = None  # padded sequence counts; default: doubling from 4
     use_checkpoint_cache: bool = True
 
     def validate(self) -> None:
@@ -44,5 +45,11 @@ class EngineConfig:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
         if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        for name in ("token_buckets", "seq_buckets"):
+            ladder = getattr(self, name)
+            if ladder is not None and any(int(r) < 1 for r in ladder):
+                raise ValueError(f"{name} must be positive sizes, got {ladder}")
+        if self.compile_workers is not None and self.compile_workers < 1:
+            raise ValueError(f"compile_workers must be >= 1, got {self.compile_workers}")
         if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 1:
             raise ValueError(f"num_gpu_blocks_override must be >= 1, got {self.num_gpu_blocks_override}")
