@@ -8,9 +8,10 @@ distribution, generated locally. Completions get token-id prompts (exact lengths
 needed); chat gets text decoded from random ids.
 
 Without ``--base-url`` it starts its own server in-process; every flag it does not know goes to
-that server (``python -m engine.serve`` flags). Identical unmeasured passes run first
-(``--warmup-passes``, until one compiles nothing) so that XLA compilation stays out of the figures;
-the programs compiled during the measured pass are counted and printed all the same.
+that server (``python -m engine.serve`` flags). The server compiles its whole bucket plan before it
+is ready, so no warm-up pass is needed; ``--warmup-passes N`` still runs up to N identical unmeasured
+passes first (stopping once one compiles nothing). The programs compiled during the measured pass
+are counted and printed (it should be 0).
 
   python -m benchmarks.serve --num-prompts 32 --max-concurrency 8 --random-input-len 128 --random-output-len 64
   python -m benchmarks.serve --base-url http://127.0.0.1:8000 --model smol --dataset sharegpt --request-rate 4
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generate exactly the sampled output length (default: on)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--vocab-size", type=int, help=f"for random ids; default: the model's, or {DEFAULT_URL_VOCAB}")
-    p.add_argument("--warmup-passes", type=int, default=2,
+    p.add_argument("--warmup-passes", type=int, default=0,
                    help="at most this many unmeasured passes of the same workload first; they stop early once "
                         "one compiles nothing")
     p.add_argument("--bench-seed", type=int, default=0)
@@ -249,12 +250,12 @@ def in_process_server(server_argv: list[str]) -> Iterator[tuple[str, Any]]:
     from engine.llm_engine import LLMEngine
     from server import ServerSettings, build_app
     from server.background import BackgroundServer
-    from server.warmup import warm_up
 
     server_args = parse_args(server_argv, prog="benchmarks.serve (server flags)")
-    engine = LLMEngine(engine_config(server_args))
-    if not server_args.skip_warmup:
-        warm_up(engine)
+    started = time.perf_counter()
+    engine = LLMEngine(engine_config(server_args))  # compiles the bucket plan unless --skip-warmup
+    print(f"engine ready in {time.perf_counter() - started:.1f}s "
+          f"({engine.stats().num_compilations} programs lowered, compiled or loaded)", flush=True)
     settings = ServerSettings(served_model_names=server_args.served_model_name or [engine.model_name],
                               model_root=server_args.model or engine.model_name, log_requests=False,
                               max_pending_requests=server_args.max_pending_requests)

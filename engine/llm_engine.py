@@ -17,6 +17,7 @@ from engine.compilation import compilation_count, enable_persistent_cache, insta
 from engine.config import EngineConfig
 from engine.model_runner import ModelRunner, StepOutput
 from engine.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
+from engine.sampler import MAX_BIAS_ENTRIES
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
@@ -43,6 +44,7 @@ class EngineStats:
     generation_tokens_total: int
     num_preemptions: int
     num_compilations: int
+    num_late_compilations: int  # step programs compiled after the bucket plan was ready (should be 0)
     prefix_cache_queries: int  # prompt tokens looked up in the prefix cache
     prefix_cache_hits: int  # of those, tokens whose KV was reused
 
@@ -63,7 +65,9 @@ class RequestState:
 
 class LLMEngine:
     def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None,
-                 sharding: ModelSharding | None = None) -> None:
+                 sharding: ModelSharding | None = None, precompile: bool | None = None) -> None:
+        """``precompile`` (default: ``config.precompile``): compile the bucket plan now; a server
+        passes False and calls ``precompile()`` from its engine thread instead."""
         config.validate()
         install_counter()
         enable_persistent_cache(config.compilation_cache_dir)
@@ -139,6 +143,16 @@ class LLMEngine:
         self.generation_tokens_total = 0
         self.last_step_total_s = 0.0
         self.last_step_device_wait_s = 0.0
+        if config.precompile if precompile is None else precompile:
+            self.precompile()
+
+    def precompile(self) -> None:
+        """Compiles (or loads from the persistent cache) every step program of the bucket plan."""
+        self.runner.precompile(self.config.compile_workers)
+
+    def compile_progress(self) -> tuple[int, int]:
+        """(programs ready, programs planned) of the precompile under way (or done)."""
+        return self.runner.programs.compiled, self.runner.programs.planned
 
     # ---- requests -------------------------------------------------------------------------
     def encode_prompt(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
@@ -186,6 +200,10 @@ class LLMEngine:
         for token in (params.logit_bias or {}):
             if not 0 <= int(token) < self.model_config.vocab_size:
                 raise ValueError(f"logit_bias token id {token} is out of range")
+        suppressed = len(self.eos_token_ids) + len(params.stop_token_ids) if params.min_tokens else 0
+        if len(params.logit_bias or {}) + suppressed > MAX_BIAS_ENTRIES:
+            raise ValueError(f"logit_bias has {len(params.logit_bias or {})} entries; at most "
+                             f"{MAX_BIAS_ENTRIES - suppressed} fit with these stop ids and min_tokens")
         base_seed = params.seed if params.seed is not None else self._rng.getrandbits(32)
         seqs = [Sequence(request_id, i, ids, params, base_seed + i, max_tokens, arrival_time)
                 for i in range(params.n)]
@@ -306,5 +324,6 @@ class LLMEngine:
             num_blocks=self.block_manager.num_blocks, prompt_tokens_total=self.prompt_tokens_total,
             generation_tokens_total=self.generation_tokens_total,
             num_preemptions=self.scheduler.num_preemptions, num_compilations=compilation_count(),
+            num_late_compilations=self.runner.programs.late_compilations,
             prefix_cache_queries=self.block_manager.prefix_queries, prefix_cache_hits=self.block_manager.prefix_hits,
         )

@@ -95,19 +95,59 @@ def _penalize(logits: jax.Array, t: SamplingTensors) -> jax.Array:
 
 
 def apply_filters(logits: jax.Array, t: SamplingTensors) -> jax.Array:
-    """Masks tokens outside top-k, outside the top-p nucleus and below min-p (logits already tempered)."""
+    """Masks tokens outside top-k, outside the top-p nucleus and below min-p (logits already tempered).
+
+    No sort: each threshold is found by bisection over the float32 bit patterns (32 passes of a
+    compare-and-sum over the row, exact), which compiles in a fraction of a sort's time and runs
+    several times faster on CPU. Ties at a threshold are all kept.
+    """
+    keys = _ordered_keys(logits)
+    lowest, highest = keys.min(axis=-1), keys.max(axis=-1)
     vocab = logits.shape[-1]
-    sorted_desc = -jnp.sort(-logits, axis=-1)
     k = jnp.where(t.top_k > 0, jnp.minimum(t.top_k, vocab), vocab)
-    kth = jnp.take_along_axis(sorted_desc, (k - 1)[:, None], axis=-1)
-    probs_sorted = jax.nn.softmax(sorted_desc, axis=-1)
-    before = jnp.cumsum(probs_sorted, axis=-1) - probs_sorted
-    keep_count = jnp.maximum(jnp.sum(before < t.top_p[:, None], axis=-1), 1)
-    pth = jnp.take_along_axis(sorted_desc, (keep_count - 1)[:, None], axis=-1)
-    threshold = jnp.maximum(kth, pth)
-    min_p_threshold = sorted_desc[:, :1] + jnp.log(jnp.maximum(t.min_p[:, None], 1e-30))
-    threshold = jnp.where(t.min_p[:, None] > 0, jnp.maximum(threshold, min_p_threshold), threshold)
-    return jnp.where(logits >= threshold, logits, -jnp.inf)
+    kth = _largest_key(lowest, highest, lambda key: jnp.sum(keys >= key[:, None], axis=-1) >= k)
+    probs = jax.nn.softmax(logits, axis=-1)
+    nucleus = _smallest_key(lowest, highest,
+                            lambda key: jnp.sum(jnp.where(keys > key[:, None], probs, 0.0), axis=-1) < t.top_p)
+    pth = jnp.where(t.top_p < 1.0, nucleus, lowest)
+    keep = keys >= jnp.maximum(kth, pth)[:, None]
+    peak = jnp.max(logits, axis=-1, keepdims=True)
+    min_p_threshold = peak + jnp.log(jnp.maximum(t.min_p[:, None], 1e-30))
+    keep &= (t.min_p[:, None] <= 0) | (logits >= min_p_threshold)
+    return jnp.where(keep, logits, -jnp.inf)
+
+
+def _ordered_keys(x: jax.Array) -> jax.Array:
+    """int32 keys in the order of the float32 values (-inf lowest)."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+    return jnp.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def _midpoint(lo: jax.Array, hi: jax.Array) -> jax.Array:
+    """floor((lo + hi) / 2) without int32 overflow."""
+    return (lo >> 1) + (hi >> 1) + (lo & hi & 1)
+
+
+def _smallest_key(lo: jax.Array, hi: jax.Array, holds: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    """Per row, the smallest key in [lo, hi] where ``holds`` (false below it, true from it on; true at hi)."""
+    def step(_: int, bounds: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        lo, hi = bounds
+        mid = _midpoint(lo, hi)
+        ok = holds(mid)
+        return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
+
+    return jax.lax.fori_loop(0, 32, step, (lo, hi))[1]
+
+
+def _largest_key(lo: jax.Array, hi: jax.Array, holds: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    """Per row, the largest key in [lo, hi] where ``holds`` (true up to it, false above; true at lo)."""
+    def step(_: int, bounds: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        lo, hi = bounds
+        mid = _midpoint(lo, hi) + ((lo ^ hi) & 1)  # rounds up, so lo = mid always moves
+        ok = holds(mid)
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
+
+    return jax.lax.fori_loop(0, 32, step, (lo, hi))[0]
 
 
 def uses_filters(t: SamplingTensors) -> jax.Array:

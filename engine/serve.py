@@ -1,6 +1,8 @@
 """``python -m engine.serve [MODEL] [flags]``: the OpenAI-compatible API server.
 
-Start-up logs the settings, the model and KV cache, warm-up compilation, then the URL. SIGINT or
+Start-up logs the settings, the model and KV cache and the bucket plan, then the URL; the engine
+thread then compiles (or loads from the persistent cache) every planned step program while /health
+answers 503 "warming up: k of n programs" (``--skip-warmup``: compile on first use). SIGINT or
 SIGTERM stops accepting connections, lets in-flight requests finish (up to
 --graceful-shutdown-timeout, then aborts them), stops the engine and exits 0.
 """
@@ -24,7 +26,6 @@ from server.app import build_app, tessera_version
 from server.chat_template import load_chat_template
 from server.sampling import load_generation_defaults
 from server.state import ServerSettings
-from server.warmup import warm_up
 from sharding import multihost
 from sharding.cli import init_distributed_from_args
 
@@ -72,8 +73,11 @@ def serve(args: argparse.Namespace) -> None:
     )
     init_distributed_from_args(args)
     started = time.perf_counter()
-    engine = LLMEngine(engine_config(args))
+    config = engine_config(args)
+    engine = LLMEngine(config, precompile=False)  # the engine thread precompiles while /health says so
     if not multihost.is_leader():  # the other hosts of a mesh replay process 0's steps
+        if config.precompile:
+            engine.precompile()
         multihost.follow(engine)
         return
     mc = engine.model_config
@@ -81,13 +85,12 @@ def serve(args: argparse.Namespace) -> None:
                 engine.model_name, mc.architecture, mc.num_layers, mc.dtype, engine.max_model_len,
                 "with tokenizer" if engine.tokenizer is not None else "no tokenizer: token-id prompts only",
                 time.perf_counter() - started)
-    if not args.skip_warmup:
-        warm_up(engine)
     settings = ServerSettings(served_model_names=args.served_model_name or [engine.model_name],
                               model_root=args.model or engine.model_name, **settings_without_names)
     if settings.api_key:
         logger.info("API key required on /v1 routes")
-    app = build_app(engine, settings, log_stats_interval_s=None if args.disable_log_stats else STATS_INTERVAL_S)
+    app = build_app(engine, settings, log_stats_interval_s=None if args.disable_log_stats else STATS_INTERVAL_S,
+                    warm_up=config.precompile)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, log_level=args.uvicorn_log_level,
                             timeout_graceful_shutdown=args.graceful_shutdown_timeout)
     _Server(config).run()

@@ -76,9 +76,14 @@ async def _log_unknown_fields(request: Request[Any, Any, Any], request_type: typ
 # ---- open routes ---------------------------------------------------------------------------
 @get("/health", sync_to_thread=False)
 def health(state: State) -> Response[Any]:
-    if _server(state).engine_loop.alive:
-        return Response(b"", media_type="text/plain")
-    return error_response(503, "The engine has stopped; this server cannot serve requests.")
+    engine_loop = _server(state).engine_loop
+    if not engine_loop.alive:
+        return error_response(503, "The engine has stopped; this server cannot serve requests.")
+    if engine_loop.warming:
+        done, total = engine_loop.engine.compile_progress()
+        return Response(f"warming up: {done} of {total} programs".encode(), status_code=503,
+                        media_type="text/plain", headers={"Retry-After": "1"})
+    return Response(b"", media_type="text/plain")
 
 
 @get("/version", sync_to_thread=False)
@@ -161,11 +166,13 @@ async def detokenize(data: JSONBody[DetokenizeRequest], request: Request[Any, An
     return DetokenizeResponse(prompt=server.decode(data.tokens))
 
 
-def build_app(engine: LLMEngine, settings: ServerSettings, *, log_stats_interval_s: float | None = 10.0) -> Litestar:
-    """The app with its engine loop (``app.state.server.engine_loop``), started and stopped by the lifespan."""
+def build_app(engine: LLMEngine, settings: ServerSettings, *, log_stats_interval_s: float | None = 10.0,
+              warm_up: bool = False) -> Litestar:
+    """The app with its engine loop (``app.state.server.engine_loop``), started and stopped by the lifespan.
+    ``warm_up``: the loop compiles the engine's bucket plan first (/health: 503 until done)."""
     engine_loop: EngineLoop
     server_metrics = ServerMetrics(settings.served_model_names[0], lambda: engine_loop.stats)
-    engine_loop = EngineLoop(engine, server_metrics, log_stats_interval_s)
+    engine_loop = EngineLoop(engine, server_metrics, log_stats_interval_s, warm_up=warm_up)
     server = ServerState(engine_loop, settings, server_metrics)
 
     def start_engine_loop() -> None:

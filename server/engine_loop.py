@@ -4,6 +4,9 @@ Requests and aborts reach it through a thread-safe queue and are applied between
 request's outputs go back to its own asyncio queue (a RequestStream) on the event loop that
 submitted it, through ``loop.call_soon_threadsafe``. If the thread dies, every waiting request
 gets an EngineDeadError and ``alive`` turns false (the server answers 503).
+
+With ``warm_up`` the thread first compiles the engine's whole bucket plan (``warming`` holds
+meanwhile and /health answers 503 with the progress); requests sent then wait in the queue.
 """
 
 from __future__ import annotations
@@ -88,8 +91,9 @@ class _Tracked:
 
 class EngineLoop:
     def __init__(self, engine: LLMEngine, metrics: ServerMetrics | None = None,
-                 log_stats_interval_s: float | None = 10.0) -> None:
+                 log_stats_interval_s: float | None = 10.0, warm_up: bool = False) -> None:
         self.engine = engine
+        self.warming = warm_up
         self.metrics = metrics
         self.error: BaseException | None = None
         self.stats: EngineStats = engine.stats()  # refreshed by the engine thread after every step
@@ -152,6 +156,9 @@ class EngineLoop:
     # ---- the engine thread ---------------------------------------------------------------
     def _run(self) -> None:
         try:
+            if self.warming:
+                self.engine.precompile()
+                self.warming = False
             self._serve()
         except BaseException as exc:
             self.error = exc

@@ -46,6 +46,8 @@ class _EngineStatsCollector(Collector):
             ("tessera:generation_tokens", "Tokens generated.", s.generation_tokens_total),
             ("tessera:num_preemptions", "Sequences preempted for lack of KV blocks.", s.num_preemptions),
             ("tessera:num_compilations", "XLA programs compiled by this process.", s.num_compilations),
+            ("tessera:num_compilations_after_ready", "Step programs compiled after the bucket plan was ready "
+             "(a shape the plan missed: should stay 0).", s.num_late_compilations),
         )
         for name, doc, value in counters:
             counter = CounterMetricFamily(name, doc, labels=labels)
