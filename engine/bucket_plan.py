@@ -99,6 +99,7 @@ class BucketPlan:
     runtime_switches: bool  # one gated sampler variant (CPU, TPU) or static ones (GPU)
     bias_width: int
     history_width: int
+    copy_ladder: tuple[int, ...]  # copy-on-write block pairs per step (at most one per sequence)
     dp: int = 1
 
     @classmethod
@@ -113,7 +114,8 @@ class BucketPlan:
         max_blocks = -(-max_model_len // block_size)
         widths = doubling_ladder(min(MIN_WIDTH_BUCKET, max_blocks), max_blocks) if cost.width else (max_blocks,)
         return cls(tokens, seqs, widths, cost, runtime_switches=platform != "gpu",
-                   bias_width=MAX_BIAS_ENTRIES, history_width=max(16, -(-max_model_len // 16) * 16), dp=dp)
+                   bias_width=MAX_BIAS_ENTRIES, history_width=max(16, -(-max_model_len // 16) * 16),
+                   copy_ladder=doubling_ladder(MIN_SEQ_BUCKET, dp * seq_top), dp=dp)
 
     # ---- choosing a step's program ------------------------------------------------------------
     def shapes(self, num_tokens: int, num_seqs: int, widest: int, decode_only: bool) -> tuple[int, int, int]:
@@ -151,7 +153,8 @@ class BucketPlan:
             bias_values=_widen(sampling.bias_values, self.bias_width if wide else 0, 0.0),
             history=_widen(sampling.history, self.history_width if wide else 0, -1),
             history_is_output=_widen(sampling.history_is_output, self.history_width if wide else 0, False),
-            wants_logprobs=np.full(rows, bool(inputs.mode.num_logprobs)),
+            wants_logprobs=sampling.wants_logprobs if sampling.wants_logprobs is not None
+            else np.full(rows, bool(inputs.mode.num_logprobs)),  # normalizing twice changes nothing
         )
         prompt = inputs.prompt_k is not None
         if self.runtime_switches and not prompt:
@@ -201,7 +204,7 @@ class BucketPlan:
     def describe(self) -> str:
         keys = self.keys()
         decode = sum(k.window == 1 for k in keys)
-        return (f"bucket plan: {len(keys)} programs ({decode} decode, {len(keys) - decode} with prefill); "
+        return (f"bucket plan: {len(keys)} step programs + {len(self.copy_ladder)} block-copy programs ({decode} decode, {len(keys) - decode} with prefill); "
                 f"tokens {list(self.token_ladder)}, seqs {list(self.seq_ladder)}, widths {list(self.width_ladder)}, "
                 f"sampler {'one gated variant' if self.runtime_switches else 'greedy / full / prompt logprobs'}")
 

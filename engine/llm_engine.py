@@ -121,7 +121,7 @@ class LLMEngine:
             attention_backend=backend, num_blocks=config.num_gpu_blocks_override,
             kv_cache_memory_bytes=config.kv_cache_memory_bytes,
             gpu_memory_utilization=config.gpu_memory_utilization,
-            sharding=sharding,
+            sharding=sharding, token_buckets=config.token_buckets, seq_buckets=config.seq_buckets,
         )
         logger.info(self.runner.kv_cache_summary())
         if sharding is not None and sharding.dp > 1:
@@ -152,7 +152,7 @@ class LLMEngine:
 
     def compile_progress(self) -> tuple[int, int]:
         """(programs ready, programs planned) of the precompile under way (or done)."""
-        return self.runner.programs.compiled, self.runner.programs.planned
+        return self.runner.compile_progress()
 
     # ---- requests -------------------------------------------------------------------------
     def encode_prompt(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
@@ -324,6 +324,6 @@ class LLMEngine:
             num_blocks=self.block_manager.num_blocks, prompt_tokens_total=self.prompt_tokens_total,
             generation_tokens_total=self.generation_tokens_total,
             num_preemptions=self.scheduler.num_preemptions, num_compilations=compilation_count(),
-            num_late_compilations=self.runner.programs.late_compilations,
+            num_late_compilations=self.runner.late_compilations,
             prefix_cache_queries=self.block_manager.prefix_queries, prefix_cache_hits=self.block_manager.prefix_hits,
         )

@@ -22,10 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from engine.bucket_plan import BucketPlan, ProgramKey, fit
 from engine.compilation import compilation_count
-from engine.sampler import SamplerMode, SamplingTensors, pow2_at_least, sample, token_logprobs
+from engine.sampler import SamplerMode, SamplingTensors, gated_token_logprobs, pow2_at_least, sample
 from engine.scheduler import ScheduledBatch
 from engine.sequence import Sequence
+from engine.step_programs import StepPrograms
 from models.config import ModelConfig
 from models.llama import CausalLM
 from models.registry import build_model
@@ -72,6 +74,8 @@ class ModelRunner:
         kv_cache_memory_bytes: int | None = None,
         gpu_memory_utilization: float = 0.9,
         sharding: ModelSharding | None = None,
+        token_buckets: list[int] | None = None,
+        seq_buckets: list[int] | None = None,
     ) -> None:
         self.config = config
         self.params = params
@@ -90,14 +94,20 @@ class ModelRunner:
             config.num_layers * 2 * block_size * config.num_kv_heads * config.head_dim
             * jnp.dtype(config.jnp_dtype).itemsize
         )
+        self.plan = BucketPlan.build(
+            max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
+            block_size=block_size, attention_backend=attention_backend, platform=jax.default_backend(), dp=self.dp,
+            token_buckets=token_buckets, seq_buckets=seq_buckets)
+        logger.info(self.plan.describe())
         self._step = self._jit_step()
+        self.programs = StepPrograms("step", self._compile_program, ProgramKey.describe)
+        self.copy_programs = StepPrograms("block copy", self._compile_copy, lambda width: f"{width} block pairs")
         self.last_device_wait_s = 0.0
         blocks = num_blocks or self._blocks_for_memory(kv_cache_memory_bytes, gpu_memory_utilization)
         self.num_blocks = blocks - blocks % self.dp  # every dp replica gets an equal slice of the pool
         if self.num_blocks < self.dp:
             raise ValueError(f"{blocks} KV blocks cannot be split over {self.dp} data-parallel replicas")
         self.kv_caches = self._allocate_cache()
-        self._settle_cache()
         multi_process = sharding is not None and jax.process_count() > 1
         self.step_channel = StepChannel(self._dummy_inputs(1, 1, 1)) if multi_process else None
 
@@ -136,13 +146,11 @@ class ModelRunner:
         return int(blocks)
 
     def _activation_peak_bytes(self) -> int:
-        """Temporary memory of the largest prefill bucket, measured from its compiled program."""
-        tokens = pow2_at_least(self.max_num_batched_tokens, 16)
+        """Temporary memory of the largest planned program, measured from its compiled form."""
         cache = jax.ShapeDtypeStruct((self.dp, self.block_size, self.config.num_kv_heads, self.config.head_dim),
                                      self.config.jnp_dtype)
-        caches = [(cache, cache)] * self.config.num_layers
-        args = self._dummy_inputs(tokens, min(tokens, pow2_at_least(self.max_num_seqs)), 1)
-        compiled = self._step.lower(self.params, caches, *args, SamplerMode(True, False, 0), None).compile()
+        key = max(self.plan.keys(), key=lambda k: (k.tokens * k.width, k.seqs, k.prompt_k is not None))
+        compiled = self._lower_program(key, [(cache, cache)] * self.config.num_layers).compile()
         analysis = compiled.memory_analysis()
         return int(getattr(analysis, "temp_size_in_bytes", 0)) if analysis is not None else 0
 
@@ -157,15 +165,6 @@ class ModelRunner:
         if self.sharding is not None:
             out_shardings = [(self.sharding.kv_cache_sharding(),) * 2] * c.num_layers
         return jax.jit(zeros, out_shardings=out_shardings)()
-
-    def _settle_cache(self) -> None:
-        """Runs one padding-only step (the smallest decode bucket, which serving compiles anyway).
-
-        Fresh pools differ from the step's own donated outputs in something jit keys its cache
-        on, so without this the first bucket used would be compiled a second time later on.
-        """
-        tokens, seqs, width = self._buckets(1, 1, 1, decode_only=True)
-        jax.block_until_ready(self.run_step(self._dummy_inputs(tokens, seqs, width), SamplerMode(True, False, 0), None))
 
     def kv_cache_summary(self) -> str:
         tokens = self.num_blocks * self.block_size
@@ -216,20 +215,40 @@ class ModelRunner:
         if logprobs is not None:
             out.update(zip(("logprob", "rank", "top_logprobs", "top_ids"), logprobs))
         if prompt_k is not None:
-            all_logits = self.model.apply(variables, hidden, method=CausalLM.logits)
-            lp, rank, tv, ti = token_logprobs(all_logits, prompt_targets, prompt_k)
+            def all_logits() -> jax.Array:
+                return self.model.apply(variables, hidden, method=CausalLM.logits)
+
+            lp, rank, tv, ti = gated_token_logprobs(mode.gated, jnp.any(prompt_targets >= 0), all_logits,
+                                                    prompt_targets, prompt_k)
             out.update(prompt_logprob=lp, prompt_rank=rank, prompt_top_logprobs=tv, prompt_top_ids=ti)
         return kv_caches, out
 
+    # ---- step programs ------------------------------------------------------------------------
+    def precompile(self, workers: int | None = None) -> float:
+        """Compiles (or loads from the persistent cache) every program of the bucket plan."""
+        seconds = self.copy_programs.precompile(list(self.plan.copy_ladder), workers, show_progress=False)
+        return seconds + self.programs.precompile(self.plan.keys(), workers)
+
+    def compile_progress(self) -> tuple[int, int]:
+        """(programs ready, programs planned) of the precompile, block copies included."""
+        tables = (self.copy_programs, self.programs)
+        return sum(t.compiled for t in tables), len(self.plan.copy_ladder) + len(self.plan.keys())
+
+    @property
+    def late_compilations(self) -> int:
+        return self.programs.late_compilations + self.copy_programs.late_compilations
+
+    def _compile_program(self, key: ProgramKey) -> Any:
+        return self._lower_program(key, self.kv_caches).compile()
+
+    def _compile_copy(self, width: int) -> Any:
+        return self._copy_blocks.lower(self.kv_caches, np.zeros((2, width), np.int32)).compile()
+
+    def _lower_program(self, key: ProgramKey, kv_caches: Any) -> Any:
+        step = self.plan.normalize(_StepView.padding(self._dummy_inputs(key.tokens, key.seqs, key.width), key))
+        return self._step.lower(self.params, kv_caches, *step.arrays(), step.mode, step.prompt_k)
+
     # ---- host-side batch preparation -------------------------------------------------------
-    def _buckets(self, num_tokens: int, num_seqs: int, widest: int, decode_only: bool) -> tuple[int, int, int]:
-        seqs = pow2_at_least(num_seqs, 4)
-        tokens = seqs if decode_only else pow2_at_least(num_tokens, 16)
-        if self.attention_backend == "reference":
-            width = min(pow2_at_least(widest, 4), pow2_at_least(self.max_blocks_per_seq))
-        else:
-            width = self.max_blocks_per_seq
-        return tokens, seqs, width
 
     def _dummy_inputs(self, tokens: int, seqs: int, width: int) -> tuple[Any, ...]:
         """Padding-only step inputs with ``tokens`` and ``seqs`` rows per dp replica."""
@@ -252,7 +271,7 @@ class ModelRunner:
         for rank, n in zip(ranks, counts):
             tokens_of[rank] += n
             seqs_of[rank] += 1
-        t_pad, s_pad, width = self._buckets(max(tokens_of), max(seqs_of), widest, decode_only)
+        t_pad, s_pad, width = self.plan.shapes(max(tokens_of), max(seqs_of), widest, decode_only)
         bs, dp = self.block_size, self.dp
         input_ids = np.zeros(dp * t_pad, np.int32)
         positions = np.zeros(dp * t_pad, np.int32)
@@ -317,8 +336,10 @@ class ModelRunner:
         )
         bias_width, history_width = _side_widths(seqs, samples, eos_ids)
         sampling = _sampling_arrays(placed, dp * s_pad, bias_width, history_width, eos_ids)
-        inputs = (input_ids, positions, md, logits_indices, sampling, prompt_targets)
         prompt_width = _logprob_width(prompt_k) if prompt_k >= 0 else None
+        step = self.plan.normalize(_StepView(input_ids, positions, md, logits_indices, sampling, prompt_targets,
+                                             mode, prompt_width))
+        inputs, mode, prompt_width = step.arrays(), step.mode, step.prompt_k
         if batch.copies:
             if self.step_channel is not None:
                 self.step_channel.send_copies(batch.copies)
@@ -346,15 +367,16 @@ class ModelRunner:
         process 0's inputs through here (sharding/multihost.py)."""
         if self.sharding is not None:
             inputs = self.sharding.put_batch(inputs)
-        self.kv_caches, out = self._step(self.params, self.kv_caches, *inputs, mode, prompt_k)
+        key = self.plan.key_of(_StepView(*inputs, mode, prompt_k))
+        self.kv_caches, out = self.programs.run(key, self.params, self.kv_caches, *inputs)
         return out
 
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         """Copy-on-write: duplicates whole blocks in every layer's pools, in place (donated)."""
-        width = pow2_at_least(len(copies))
+        width = fit(self.plan.copy_ladder, len(copies))
         pairs = np.stack([np.zeros(width, np.int32), np.full(width, self.num_blocks, np.int32)])
         pairs[:, : len(copies)] = np.asarray(copies, np.int32).T
-        self.kv_caches = self._copy_blocks(self.kv_caches, pairs)
+        self.kv_caches = self.copy_programs.run(width, self.kv_caches, pairs)
 
     @staticmethod
     @functools.partial(jax.jit, donate_argnums=(0,))
@@ -365,6 +387,47 @@ class ModelRunner:
     @property
     def num_compilations(self) -> int:
         return compilation_count()
+
+
+@dataclasses.dataclass(frozen=True)
+class _StepView:
+    """The step's inputs under the attribute names the bucket plan reads."""
+
+    input_ids: Any
+    positions: Any
+    md: AttentionMetadata
+    logits_indices: Any
+    sampling: SamplingTensors
+    prompt_targets: Any
+    mode: SamplerMode
+    prompt_k: int | None
+
+    @classmethod
+    def padding(cls, inputs: tuple[Any, ...], key: ProgramKey) -> _StepView:
+        view = cls(*inputs, mode=key.mode, prompt_k=key.prompt_k)
+        md = dataclasses.replace(view.md, max_query_len=key.window)
+        sampling = _sampling_arrays([], view.sampling.temperature.shape[0], key.bias_width, key.history_width)
+        return dataclasses.replace(view, md=md, sampling=sampling)
+
+    @property
+    def seq_lens(self) -> Any:
+        return self.md.seq_lens
+
+    @property
+    def block_tables(self) -> Any:
+        return self.md.block_tables
+
+    @property
+    def max_query_len(self) -> int:
+        return self.md.max_query_len
+
+    def replace(self, **changes: Any) -> _StepView:
+        if "max_query_len" in changes:
+            changes["md"] = dataclasses.replace(self.md, max_query_len=changes.pop("max_query_len"))
+        return dataclasses.replace(self, **changes)
+
+    def arrays(self) -> tuple[Any, ...]:
+        return (self.input_ids, self.positions, self.md, self.logits_indices, self.sampling, self.prompt_targets)
 
 
 def _side_widths(seqs: list[Sequence], samples: np.ndarray, eos_ids: frozenset[int]) -> tuple[int, int]:

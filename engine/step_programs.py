@@ -1,10 +1,11 @@
 """The step program table: every planned program compiled ahead of time, and the guard.
 
-``precompile`` lowers and compiles each program of the bucket plan on abstract-shaped padding
-inputs (``jit(...).lower(...).compile()``, no dummy traffic), a few at a time in a thread pool
-(lowering holds the GIL; XLA's compile releases it), and marks the table ready. The runner then
-launches ``programs(...)``, which calls the compiled executable for the inputs' key: jit's own
-trace cache is not involved, and the caches' donation is part of each executable.
+``precompile`` compiles each program of the bucket plan from its key alone (the runner lowers
+the jitted step on padding inputs of the key's shapes: ``jit(...).lower(...).compile()``, no
+dummy traffic), a few at a time in a thread pool (lowering holds the GIL; XLA's compile releases
+it), and marks the table ready. The runner then launches ``programs.run(key, ...)``, which calls
+that key's compiled executable: jit's own trace cache is not involved, and the caches' donation
+is part of each executable.
 
 The guard: a key missing from the table after ready is a bug in the plan. It is compiled (the
 step still runs), logged as a warning with its shape, and counted in ``late_compilations``
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
-ExampleArgs = Callable[[Any], tuple[Any, ...]]
+CompileKey = Callable[[Any], Any]
 
 
 def default_workers() -> int:
@@ -34,19 +35,12 @@ def default_workers() -> int:
 
 
 class StepPrograms:
-    """Compiled executables of one jitted function, by key.
+    """Compiled executables by key. ``compile_key(key)`` returns the compiled program of a key
+    (whose shapes and static switches the key fixes); ``describe(key)``: a readable shape for logs."""
 
-    ``jitted``: the ``jax.jit`` object; ``example_args(key)``: arguments of that key's shapes
-    (arrays or ShapeDtypeStructs) for lowering; ``key_of(*args)``: the key a call's arguments
-    belong to; ``describe(key)``: a readable shape for logs.
-    """
-
-    def __init__(self, name: str, jitted: Any, example_args: ExampleArgs, key_of: Callable[..., Hashable],
-                 describe: Callable[[Any], str] = str) -> None:
+    def __init__(self, name: str, compile_key: CompileKey, describe: Callable[[Any], str] = str) -> None:
         self.name = name
-        self._jitted = jitted
-        self._example_args = example_args
-        self._key_of = key_of
+        self._compile_key = compile_key
         self._describe = describe
         self._programs: dict[Hashable, Any] = {}
         self._lock = threading.Lock()
@@ -64,7 +58,7 @@ class StepPrograms:
         bar = tqdm(total=len(todo), desc=f"Compiling {self.name} programs", unit="program", file=sys.stderr,
                    disable=not show_progress or not sys.stderr.isatty(), dynamic_ncols=True)
         with ThreadPoolExecutor(workers, thread_name_prefix="tessera-compile") as pool:
-            futures = {pool.submit(self._compile, self._example_args(k)): k for k in todo}
+            futures = {pool.submit(self._compile_key, k): k for k in todo}
             for future in as_completed(futures):
                 key = futures[future]
                 with self._lock:
@@ -79,25 +73,22 @@ class StepPrograms:
                     self.planned, len(todo), workers, elapsed)
         return elapsed
 
-    def _compile(self, args: tuple[Any, ...]) -> Any:
-        return self._jitted.lower(*args).compile()
-
     def __contains__(self, key: Hashable) -> bool:
         return key in self._programs
 
     def __len__(self) -> int:
         return len(self._programs)
 
-    def __call__(self, *args: Any) -> Any:
-        key = self._key_of(*args)
+    def run(self, key: Hashable, *args: Any) -> Any:
+        """Calls ``key``'s program on ``args`` (compiling it first if the plan missed it)."""
         program = self._programs.get(key)
         if program is None:
-            program = self._compile_late(key, args)
+            program = self._compile_late(key)
         return program(*args)
 
-    def _compile_late(self, key: Hashable, args: tuple[Any, ...]) -> Any:
+    def _compile_late(self, key: Hashable) -> Any:
         started = time.perf_counter()
-        program = self._compile(args)
+        program = self._compile_key(key)
         if self.ready:
             self.late_compilations += 1
             logger.warning("%s program compiled after ready (a shape the bucket plan missed): %s, %.2fs",

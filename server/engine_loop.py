@@ -158,6 +158,7 @@ class EngineLoop:
         try:
             if self.warming:
                 self.engine.precompile()
+                self.stats = self.engine.stats()
                 self.warming = False
             self._serve()
         except BaseException as exc:
