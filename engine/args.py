@@ -106,6 +106,9 @@ def build_parser(prog: str = "python -m engine.serve") -> argparse.ArgumentParse
                         help="split long prompts across steps (default: on)")
     engine.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
                         help="reuse the KV blocks of a shared prompt prefix (default: on)")
+    engine.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=True,
+                        help="overlap: launch the next step before the last one's tokens reach the host "
+                             "(default: on; --no-async-scheduling waits for every step)")
     engine.add_argument("--attention-backend", metavar="NAME",
                         help="attention implementation; default: the best for the device")
     engine.add_argument("--mesh", type=mesh_spec, metavar="SPEC", help="device mesh, e.g. 'tp=4' or 'dp=2,tp=2'")
@@ -198,10 +201,10 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size,
         gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_memory_bytes=args.kv_cache_memory,
         num_gpu_blocks_override=args.num_gpu_blocks_override, enable_chunked_prefill=args.enable_chunked_prefill,
-        enable_prefix_caching=args.enable_prefix_caching, attention_backend=args.attention_backend, mesh=args.mesh,
-        sharding_rules=args.sharding_rules, compilation_cache_dir=args.compilation_cache_dir,
-        precompile=not args.skip_warmup, compile_workers=args.compile_workers, token_buckets=args.token_buckets,
-        seq_buckets=args.seq_buckets,
+        enable_prefix_caching=args.enable_prefix_caching, async_scheduling=args.async_scheduling,
+        attention_backend=args.attention_backend, mesh=args.mesh, sharding_rules=args.sharding_rules,
+        compilation_cache_dir=args.compilation_cache_dir, precompile=not args.skip_warmup,
+        compile_workers=args.compile_workers, token_buckets=args.token_buckets, seq_buckets=args.seq_buckets,
     )
 
 

@@ -33,6 +33,7 @@ class EngineConfig:
     token_buckets: list[int] | None = None  # padded token counts of prefill steps; default: doubling from 16
     seq_buckets: list[int] | None = None  # padded sequence counts; default: doubling from 4
     use_checkpoint_cache: bool = True
+    async_scheduling: bool = True  # overlap: launch step N+1 before step N's tokens reach the host
 
     def validate(self) -> None:
         if self.block_size not in (8, 16, 32, 64, 128):

@@ -77,5 +77,5 @@ def test_keys_are_ordered_small_first_and_describe_counts_them() -> None:
     plan = _plan()
     keys = plan.keys()
     assert keys[0].tokens * keys[0].width == min(k.tokens * k.width for k in keys)
-    assert f"{len(keys)} programs" in plan.describe()
+    assert f"{len(keys)} step programs" in plan.describe()
     assert isinstance(keys[0], ProgramKey) and "decode" in keys[0].describe()
