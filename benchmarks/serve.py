@@ -10,9 +10,11 @@ needed); chat gets text decoded from random ids.
 Without ``--base-url`` it starts its own server (the engine core in a child process, the API server
 in a thread of this one, next to the client); every flag it does not know goes to that server
 (``python -m engine.serve`` flags). For figures with the client in a process of its own, start
-``python -m engine.serve`` separately and pass ``--base-url``. Identical unmeasured passes run first
-(``--warmup-passes``, until one compiles nothing) so that XLA compilation stays out of the figures;
-the programs compiled during the measured pass are counted and printed all the same.
+``python -m engine.serve`` separately and pass ``--base-url``. The server compiles its whole bucket
+plan before it is ready (its start-up time is printed), so no warm-up pass is needed;
+``--warmup-passes N`` still runs up to N identical unmeasured passes first (stopping once one
+compiles nothing). The programs compiled during the measured pass are counted and printed (it
+should be 0).
 
   python -m benchmarks.serve --num-prompts 32 --max-concurrency 8 --random-input-len 128 --random-output-len 64
   python -m benchmarks.serve --base-url http://127.0.0.1:8000 --model smol --dataset sharegpt --request-rate 4
@@ -79,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generate exactly the sampled output length (default: on)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--vocab-size", type=int, help=f"for random ids; default: the model's, or {DEFAULT_URL_VOCAB}")
-    p.add_argument("--warmup-passes", type=int, default=2,
+    p.add_argument("--warmup-passes", type=int, default=0,
                    help="at most this many unmeasured passes of the same workload first; they stop early once "
                         "one compiles nothing")
     p.add_argument("--bench-seed", type=int, default=0)
@@ -253,7 +255,6 @@ def in_process_server(server_argv: list[str]) -> Iterator[tuple[str, Any]]:
     from engine.launch import build_engine
     from server import ServerSettings
     from server.background import LocalServer
-    from server.warmup import warm_up
 
     server_args = parse_args(server_argv, prog="benchmarks.serve (server flags)")
 
@@ -262,8 +263,10 @@ def in_process_server(server_argv: list[str]) -> Iterator[tuple[str, Any]]:
                               model_root=server_args.model or model.name, log_requests=False,
                               max_pending_requests=server_args.max_pending_requests)
 
-    with LocalServer(functools.partial(build_engine, server_args), settings,
-                     warm_up=None if server_args.skip_warmup else warm_up) as server:
+    started = time.perf_counter()
+    with LocalServer(functools.partial(build_engine, server_args), settings) as server:
+        print(f"server ready in {time.perf_counter() - started:.1f}s (model loaded, bucket plan "
+              f"{'not precompiled: --skip-warmup' if server_args.skip_warmup else 'precompiled'})", flush=True)
         yield server.url, server.model
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from engine.compilation import CACHE_DIR_ENV, default_cache_dir
 from engine.config import EngineConfig
 from sharding.cli import add_multihost_args, add_parallel_size_args, resolve_parallel_sizes
 
@@ -44,6 +45,17 @@ def mesh_spec(text: str) -> str:
             raise argparse.ArgumentTypeError(f"mesh {text!r}: axis {match.group(1)!r} given twice")
         seen.add(match.group(1))
     return text.replace(" ", "")
+
+
+def size_list(text: str) -> tuple[int, ...]:
+    """``16,64,256``: positive whole numbers, comma-separated."""
+    try:
+        values = [human_int(item) for item in text.split(",") if item.strip()]
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of sizes such as 16,64,256")
+    return tuple(values)
 
 
 def build_parser(prog: str = "python -m engine.serve") -> argparse.ArgumentParser:
@@ -105,7 +117,22 @@ def build_parser(prog: str = "python -m engine.serve") -> argparse.ArgumentParse
                         help="how model axes map onto the mesh: a rule set name or a JSON/YAML file "
                              "(default: %(default)s)")
     engine.add_argument("--skip-warmup", action="store_true",
-                        help="do not compile the common step shapes before accepting requests")
+                        help="development: do not precompile the bucket plan; shapes compile when first used")
+
+    compile_group = parser.add_argument_group("compilation")
+    compile_group.add_argument("--compilation-cache-dir", default=default_cache_dir(), metavar="DIR",
+                               help="JAX persistent compilation cache (default: $%s or %%(default)s)"
+                                    % CACHE_DIR_ENV)
+    compile_group.add_argument("--no-compilation-cache", dest="compilation_cache_dir", action="store_const",
+                               const=None, help="compile every program from scratch, store nothing")
+    compile_group.add_argument("--compile-workers", type=int, metavar="N",
+                               help="threads compiling the bucket plan at start-up (default: min(8, cores))")
+    compile_group.add_argument("--token-buckets", type=size_list, metavar="N,N,...",
+                               help="padded token counts of steps with a prefill chunk, closed by "
+                                    "--max-num-batched-tokens (default: 64,128,256 on CPU, else 16, 32, ...)")
+    compile_group.add_argument("--seq-buckets", type=size_list, metavar="N,N,...",
+                               help="padded sequence counts per step, closed by --max-num-seqs "
+                                    "(default: 8,32,64,128 on CPU, else 4, 8, ...)")
 
     add_multihost_args(parser)
 
@@ -204,8 +231,10 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_memory_bytes=args.kv_cache_memory,
         num_gpu_blocks_override=args.num_gpu_blocks_override, enable_chunked_prefill=args.enable_chunked_prefill,
         enable_prefix_caching=args.enable_prefix_caching, async_scheduling=args.async_scheduling,
-        attention_backend=args.attention_backend, mesh=args.mesh,
-        sharding_rules=args.sharding_rules,
+        attention_backend=args.attention_backend, mesh=args.mesh, sharding_rules=args.sharding_rules,
+        compilation_cache_dir=args.compilation_cache_dir, precompile=not args.skip_warmup,
+        compile_workers=args.compile_workers,
+        token_bucket_ladder=args.token_buckets, seq_bucket_ladder=args.seq_buckets,
     )
 
 

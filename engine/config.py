@@ -9,8 +9,8 @@ chosen.
 from __future__ import annotations
 
 import dataclasses
-import os
-from pathlib import Path
+
+from engine.compilation import default_cache_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,14 +57,16 @@ class EngineConfig:
     tensor_parallel_size: int | None = None  # vLLM's spelling of mesh "tp=N"; must agree with mesh
     data_parallel_size: int | None = None  # vLLM's spelling of mesh "dp=N"
     sharding_rules: str = "default"  # a rule set name or a JSON/YAML file (sharding/rules.py)
-    compilation_cache_dir: str | None = dataclasses.field(
-        default_factory=lambda: os.environ.get(
-            "TESSERA_COMPILATION_CACHE", str(Path.home() / ".cache" / "tessera" / "xla")
-        )
-    )
+    # JAX's persistent compilation cache; None or "" turns it off (docs/compilation.md)
+    compilation_cache_dir: str | None = dataclasses.field(default_factory=default_cache_dir)
+    precompile: bool = True  # compile every planned step program before the first step
+    compile_workers: int | None = None  # threads compiling at start-up; default: min(8, cores)
     use_checkpoint_cache: bool = True
     async_scheduling: bool = True  # overlap: launch step N+1 before step N's tokens reach the host
-    token_bucket_ladder: tuple[int, ...] | None = None  # see PlatformDefaults
+    # The bucket plan's ladders (engine/bucket_plan.py): padded token counts of steps with a prefill
+    # chunk, padded sequence counts; unset: the platform's (PlatformDefaults), else the plan's doubling
+    # ladders (tokens from 16, sequences from 4). The limits close each ladder.
+    token_bucket_ladder: tuple[int, ...] | None = None
     seq_bucket_ladder: tuple[int, ...] | None = None
 
     def with_platform_defaults(self, platform: str) -> EngineConfig:
@@ -75,7 +77,7 @@ class EngineConfig:
         unset = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(defaults)
                  if getattr(self, f.name) is None}
         if not self.enable_chunked_prefill:  # then a step must hold a whole prompt
-            unset.pop("max_num_batched_tokens")
+            unset.pop("max_num_batched_tokens", None)
         return dataclasses.replace(self, **unset)
 
     def mesh_spec(self) -> str | None:
@@ -96,5 +98,11 @@ class EngineConfig:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
         if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        for name in ("token_bucket_ladder", "seq_bucket_ladder"):
+            ladder = getattr(self, name)
+            if ladder is not None and any(int(r) < 1 for r in ladder):
+                raise ValueError(f"{name} must be positive sizes, got {ladder}")
+        if self.compile_workers is not None and self.compile_workers < 1:
+            raise ValueError(f"compile_workers must be >= 1, got {self.compile_workers}")
         if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 1:
             raise ValueError(f"num_gpu_blocks_override must be >= 1, got {self.num_gpu_blocks_override}")

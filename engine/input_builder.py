@@ -1,6 +1,6 @@
 """Host side of a step: a scheduled batch becomes one padded ``StepInput``.
 
-The padded shapes come from one place (``ModelRunner._buckets``, the bucket choice); this
+The padded shapes come from one place (``BucketPlan.shapes``, engine/bucket_plan.py); this
 module only fills rows. Positions whose KV is already cached (a reused prefix, a forked
 prompt) are never rewritten: another sequence may be reading that block.
 

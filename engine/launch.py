@@ -1,5 +1,6 @@
 """What ``engine.serve``'s child processes run first: the logging set-up and, in the engine core,
-building the engine from the command line (module-level, so the ``spawn`` start method can pickle them)."""
+building the engine from the command line (module-level, so the ``spawn`` start method can pickle
+them); and a multi-host follower's whole life."""
 
 from __future__ import annotations
 
@@ -23,10 +24,12 @@ def configure_logging() -> None:
 
 
 def build_engine(args: argparse.Namespace) -> LLMEngine:
-    """Joins the multi-host cluster when asked (before anything touches a device), then loads the model."""
+    """Joins the multi-host cluster when asked (before anything touches a device), then loads the
+    model. The bucket plan is not compiled yet: the engine core does that while reporting progress
+    (engine/core/process.py), a multi-host follower before it follows (``follow``)."""
     init_distributed_from_args(args)
     started = time.perf_counter()
-    engine = LLMEngine(engine_config(args))
+    engine = LLMEngine(engine_config(args), precompile=False)
     mc = engine.model_config
     logger.info("Loaded %s (%s, %d layers, dtype %s, max_model_len %d, %s) in %.1fs",
                 engine.model_name, mc.architecture, mc.num_layers, mc.dtype, engine.max_model_len,
@@ -38,6 +41,14 @@ def build_engine(args: argparse.Namespace) -> LLMEngine:
 def is_follower(args: argparse.Namespace) -> bool:
     """A multi-host process other than 0: it replays process 0's steps and serves no HTTP."""
     return args.process_id is not None and args.process_id != 0
+
+
+def follow(args: argparse.Namespace) -> None:
+    """A multi-host follower: builds the engine, compiles the same plan as process 0, replays its steps."""
+    engine = build_engine(args)
+    if engine.config.precompile:
+        engine.precompile()
+    multihost.follow(engine)
 
 
 def release_followers(engine: LLMEngine) -> None:

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -45,6 +46,7 @@ class EngineStats:
     generation_tokens_total: int
     num_preemptions: int
     num_compilations: int
+    num_late_compilations: int  # step programs compiled after the bucket plan was ready (should be 0)
     prefix_cache_queries: int  # prompt tokens looked up in the prefix cache
     prefix_cache_hits: int  # of those, tokens whose KV was reused
 
@@ -65,7 +67,9 @@ class RequestState:
 
 class LLMEngine:
     def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None,
-                 sharding: ModelSharding | None = None) -> None:
+                 sharding: ModelSharding | None = None, precompile: bool | None = None) -> None:
+        """``precompile`` (default: ``config.precompile``): compile the bucket plan now; the engine
+        core passes False and calls ``precompile()`` itself, reporting progress to its API servers."""
         config = config.with_platform_defaults(jax.default_backend())
         config.validate()
         install_counter()
@@ -117,7 +121,7 @@ class LLMEngine:
             attention_backend=backend, num_blocks=config.num_gpu_blocks_override,
             kv_cache_memory_bytes=config.kv_cache_memory_bytes,
             gpu_memory_utilization=config.gpu_memory_utilization,
-            sharding=sharding,
+            sharding=sharding, token_buckets=config.token_bucket_ladder, seq_buckets=config.seq_bucket_ladder,
         )
         logger.info(self.runner.kv_cache_summary())
         if sharding is not None and sharding.dp > 1:
@@ -142,6 +146,17 @@ class LLMEngine:
         self.last_step_total_s = 0.0
         self.last_step_device_wait_s = 0.0
         self._in_flight: tuple[ScheduledBatch, InFlightStep] | None = None  # launched, not yet read back
+        if config.precompile if precompile is None else precompile:
+            self.precompile()
+
+    def precompile(self, on_progress: Callable[[], None] | None = None) -> None:
+        """Compiles (or loads from the persistent cache) every step program of the bucket plan;
+        ``on_progress`` runs after each program (``compile_progress()`` then says how far)."""
+        self.runner.precompile(self.config.compile_workers, on_progress)
+
+    def compile_progress(self) -> tuple[int, int]:
+        """(programs ready, programs planned) of the precompile under way (or done)."""
+        return self.runner.compile_progress()
 
     # ---- requests -------------------------------------------------------------------------
     def encode_prompt(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
@@ -183,7 +198,7 @@ class LLMEngine:
                     arrival_time: float | None = None) -> None:
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
-        params.validate(self.model_config.vocab_size)
+        params.validate(self.model_config.vocab_size, num_eos_ids=len(self.eos_token_ids))
         text, ids = self.encode_prompt(prompt)
         max_tokens = self.check_length(len(ids), params)
         base_seed = params.seed if params.seed is not None else self._rng.getrandbits(32)
@@ -361,5 +376,6 @@ class LLMEngine:
             num_blocks=self.block_manager.num_blocks, prompt_tokens_total=self.prompt_tokens_total,
             generation_tokens_total=self.generation_tokens_total,
             num_preemptions=self.scheduler.num_preemptions, num_compilations=compilation_count(),
+            num_late_compilations=self.runner.late_compilations,
             prefix_cache_queries=self.block_manager.prefix_queries, prefix_cache_hits=self.block_manager.prefix_hits,
         )

@@ -1,8 +1,9 @@
 """Owns the parameters, the paged KV cache and the jitted step; turns a scheduled batch
 into padded device arrays and back into sampled tokens.
 
-Each bucket (padded token count, sequence count, block-table width, sampler mode) is one
-compiled program. The cache is donated to the step, so it is updated in place.
+Each step runs one program of the bucket plan (engine/bucket_plan.py: padded token count,
+sequence count, block-table width, sampler variant), all compiled ahead of time into a table
+(engine/step_programs.py). The cache is donated to the step, so it is updated in place.
 
 ``dispatch`` launches a step and returns without waiting; ``fetch`` waits for it. Each step
 also leaves its sampled tokens on the device in a fixed-size buffer, which the next step reads
@@ -19,6 +20,7 @@ import dataclasses
 import functools
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -26,12 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.batch_rows import BatchRows
+from engine.bucket_plan import BucketPlan, ProgramKey, fit
 from engine.compilation import compilation_count
 from engine.input_builder import BuiltStep, build_step_input
-from engine.sampler import pow2_at_least, sample, token_logprobs
+from engine.sampler import gated_token_logprobs, pow2_at_least, sample
 from engine.scheduler import ScheduledBatch
 from engine.sequence import Sequence
-from engine.step_input import PENDING_TOKEN, StepInput, padding_input
+from engine.step_input import PENDING_TOKEN, StepInput, empty_sampling, padding_input
+from engine.step_programs import StepPrograms
 from models.config import ModelConfig
 from models.llama import CausalLM
 from models.registry import build_model
@@ -79,6 +83,8 @@ class ModelRunner:
         kv_cache_memory_bytes: int | None = None,
         gpu_memory_utilization: float = 0.9,
         sharding: ModelSharding | None = None,
+        token_buckets: tuple[int, ...] | None = None,
+        seq_buckets: tuple[int, ...] | None = None,
     ) -> None:
         self.config = config
         self.params = params
@@ -99,7 +105,14 @@ class ModelRunner:
         )
         self.token_buffer_rows = pow2_at_least(max_num_seqs, 4)  # per replica: >= any padded sequence count
         self.batch_rows = BatchRows(2 * self.dp * self.token_buffer_rows, self.max_blocks_per_seq)
+        self.plan = BucketPlan.build(
+            max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
+            block_size=block_size, attention_backend=attention_backend, platform=jax.default_backend(), dp=self.dp,
+            token_buckets=token_buckets, seq_buckets=seq_buckets)
+        logger.info(self.plan.describe())
         self._step = self._jit_step()
+        self.programs = StepPrograms("step", self._compile_program, ProgramKey.describe)
+        self.copy_programs = StepPrograms("block copy", self._compile_copy, lambda width: f"{width} block pairs")
         self.last_device_wait_s = 0.0
         blocks = num_blocks or self._blocks_for_memory(kv_cache_memory_bytes, gpu_memory_utilization)
         self.num_blocks = blocks - blocks % self.dp  # every dp replica gets an equal slice of the pool
@@ -107,7 +120,6 @@ class ModelRunner:
             raise ValueError(f"{blocks} KV blocks cannot be split over {self.dp} data-parallel replicas")
         self.kv_caches = self._allocate_cache()
         self._sampled_tokens = self._allocate_token_buffer()
-        self._settle_cache()
         multi_process = sharding is not None and jax.process_count() > 1
         self.step_channel = StepChannel(self._dummy_inputs(1, 1, 1)) if multi_process else None
 
@@ -155,14 +167,12 @@ class ModelRunner:
         return int(blocks)
 
     def _activation_peak_bytes(self) -> int:
-        """Temporary memory of the largest prefill bucket, measured from its compiled program."""
-        tokens = pow2_at_least(self.max_num_batched_tokens, 16)
+        """Temporary memory of the largest planned program, measured from its compiled form."""
         cache = jax.ShapeDtypeStruct((self.dp, self.block_size, self.config.num_kv_heads, self.config.head_dim),
                                      self.config.jnp_dtype)
-        caches = [(cache, cache)] * self.config.num_layers
-        inputs = self._dummy_inputs(tokens, min(tokens, pow2_at_least(self.max_num_seqs)), 1)
+        key = max(self.plan.keys(), key=lambda k: (k.tokens * k.width, k.seqs, k.prompt_k is not None))
         sampled = jax.ShapeDtypeStruct((self.dp * self.token_buffer_rows,), jnp.int32)
-        compiled = self._step.lower(self.params, caches, inputs, sampled).compile()
+        compiled = self._lower_program(key, [(cache, cache)] * self.config.num_layers, sampled).compile()
         analysis = compiled.memory_analysis()
         return int(getattr(analysis, "temp_size_in_bytes", 0)) if analysis is not None else 0
 
@@ -177,15 +187,6 @@ class ModelRunner:
         if self.sharding is not None:
             out_shardings = [(self.sharding.kv_cache_sharding(),) * 2] * c.num_layers
         return jax.jit(zeros, out_shardings=out_shardings)()
-
-    def _settle_cache(self) -> None:
-        """Runs one padding-only step (the smallest decode bucket, which serving compiles anyway).
-
-        Fresh pools differ from the step's own donated outputs in something jit keys its cache
-        on, so without this the first bucket used would be compiled a second time later on.
-        """
-        tokens, seqs, width = self._buckets(1, 1, 1, decode_only=True)
-        jax.block_until_ready(self.run_step(self._dummy_inputs(tokens, seqs, width)))
 
     def kv_cache_summary(self) -> str:
         tokens = self.num_blocks * self.block_size
@@ -221,23 +222,46 @@ class ModelRunner:
         if logprobs is not None:
             out.update(zip(("logprob", "rank", "top_logprobs", "top_ids"), logprobs))
         if inputs.prompt_k is not None:
-            all_logits = self.model.apply(variables, hidden, method=CausalLM.logits)
-            lp, rank, tv, ti = token_logprobs(all_logits, inputs.prompt_targets, inputs.prompt_k)
+            def all_logits() -> jax.Array:
+                return self.model.apply(variables, hidden, method=CausalLM.logits)
+
+            lp, rank, tv, ti = gated_token_logprobs(inputs.mode.gated, jnp.any(inputs.prompt_targets >= 0), all_logits,
+                                                    inputs.prompt_targets, inputs.prompt_k)
             out.update(prompt_logprob=lp, prompt_rank=rank, prompt_top_logprobs=tv, prompt_top_ids=ti)
         sampled = jnp.pad(tokens, (0, prev_tokens.shape[0] - tokens.shape[0]))  # a fixed-size buffer
         return kv_caches, sampled, out
 
-    # ---- host-side batch preparation -------------------------------------------------------
-    def _buckets(self, num_tokens: int, num_seqs: int, widest: int, decode_only: bool) -> tuple[int, int, int]:
-        """The padded (tokens, sequences, block-table width) per replica: the only shape choice."""
-        seqs = pow2_at_least(num_seqs, 4)
-        tokens = seqs if decode_only else pow2_at_least(num_tokens, 16)
-        if self.attention_backend == "reference":
-            width = min(pow2_at_least(widest, 4), pow2_at_least(self.max_blocks_per_seq))
-        else:
-            width = self.max_blocks_per_seq
-        return tokens, seqs, width
+    # ---- step programs ------------------------------------------------------------------------
+    def precompile(self, workers: int | None = None, on_progress: Callable[[], None] | None = None) -> float:
+        """Compiles (or loads from the persistent cache) every program of the bucket plan;
+        ``on_progress`` runs after each one."""
+        seconds = self.copy_programs.precompile(list(self.plan.copy_ladder), workers, show_progress=False,
+                                                on_progress=on_progress)
+        return seconds + self.programs.precompile(self.plan.keys(), workers, on_progress=on_progress)
 
+    def compile_progress(self) -> tuple[int, int]:
+        """(programs ready, programs planned) of the precompile, block copies included."""
+        done = self.copy_programs.compiled + self.programs.compiled
+        return done, len(self.plan.copy_ladder) + len(self.plan.keys())
+
+    @property
+    def late_compilations(self) -> int:
+        return self.programs.late_compilations + self.copy_programs.late_compilations
+
+    def _compile_program(self, key: ProgramKey) -> Any:
+        return self._lower_program(key, self.kv_caches, self._sampled_tokens).compile()
+
+    def _lower_program(self, key: ProgramKey, kv_caches: Any, sampled_tokens: Any) -> Any:
+        """The step lowered on padding inputs of ``key``'s shapes and switches."""
+        inputs = self._dummy_inputs(key.tokens, key.seqs, key.width).replace(
+            mode=key.mode, prompt_k=key.prompt_k, max_query_len=key.window,
+            sampling=empty_sampling(self.dp * key.seqs, key.bias_width, key.history_width))
+        return self._step.lower(self.params, kv_caches, self.plan.normalize(inputs), sampled_tokens)
+
+    def _compile_copy(self, width: int) -> Any:
+        return self._copy_blocks.lower(self.kv_caches, np.zeros((2, width), np.int32)).compile()
+
+    # ---- host-side batch preparation -------------------------------------------------------
     def _dummy_inputs(self, tokens: int, seqs: int, width: int) -> StepInput:
         """Padding-only step inputs with ``tokens`` and ``seqs`` rows per dp replica."""
         return padding_input(self.dp, tokens, seqs, width)
@@ -258,7 +282,7 @@ class ModelRunner:
             self.copy_blocks(batch.copies)
         if not batch.seqs:
             return batch, None, failed
-        built = build_step_input(batch, slots, self.batch_rows, self._buckets, self.block_size, self.dp,
+        built = build_step_input(batch, slots, self.batch_rows, self.plan.shapes, self.block_size, self.dp,
                                  self.token_buffer_rows, eos_ids)
         if self.step_channel is not None:
             self.step_channel.send_step(built.inputs)
@@ -287,18 +311,20 @@ class ModelRunner:
         """Launches the step on prepared inputs: the one place a step program is called. Other
         processes of a multi-host mesh replay process 0's inputs through here (sharding/multihost.py)
         and keep their own copy of the sampled-token buffer, which is the same on every process."""
+        inputs = self.plan.normalize(inputs)
+        key = self.plan.key_of(inputs)
         if self.sharding is not None:
             inputs = self.sharding.put_batch(inputs)
-        self.kv_caches, self._sampled_tokens, out = self._step(self.params, self.kv_caches, inputs,
-                                                               self._sampled_tokens)
+        self.kv_caches, self._sampled_tokens, out = self.programs.run(key, self.params, self.kv_caches, inputs,
+                                                                      self._sampled_tokens)
         return out
 
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         """Copy-on-write: duplicates whole blocks in every layer's pools, in place (donated)."""
-        width = pow2_at_least(len(copies))
+        width = fit(self.plan.copy_ladder, len(copies))
         pairs = np.stack([np.zeros(width, np.int32), np.full(width, self.num_blocks, np.int32)])
         pairs[:, : len(copies)] = np.asarray(copies, np.int32).T
-        self.kv_caches = self._copy_blocks(self.kv_caches, pairs)
+        self.kv_caches = self.copy_programs.run(width, self.kv_caches, pairs)
 
     @staticmethod
     @functools.partial(jax.jit, donate_argnums=(0,))

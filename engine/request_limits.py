@@ -32,6 +32,9 @@ MAX_TOKENS_LIMIT = INT32_MAX
 MAX_LOGPROBS = 20  # logprobs, top_logprobs, prompt_logprobs
 MAX_LOGIT_BIAS_ENTRIES = 300
 MAX_LOGIT_BIAS = 100.0  # |bias| per token (OpenAI's range)
+# The sampler's bias row per sequence, a fixed width of every planned program (engine/bucket_plan.py):
+# logit_bias entries plus, while min_tokens holds, the eos and stop ids it suppresses.
+MAX_BIAS_ROW_ENTRIES = 1024
 MAX_STOP_STRINGS = 32
 MAX_STOP_STRING_CHARS = 1024
 MAX_STOP_TOKEN_IDS = 128

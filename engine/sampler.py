@@ -4,11 +4,18 @@ Order of operations: logit bias (which also carries min_tokens' eos suppression)
 penalties, then temperature, then top-k / top-p / min-p, then a Gumbel-max draw with a key
 derived from (seed, tokens generated so far), so a seeded request samples the same tokens
 whatever else shares its batch. Logprobs are those of the model's raw distribution.
+
+Static switches (``SamplerMode``) pick a program variant; everything else is per row. A
+``gated`` mode keeps every feature in one program and skips, with a conditional, the work no
+row of the step asks for (sampling, filters, bias, penalties, logprobs, prompt logprobs): the
+right trade where a conditional is free (CPU, TPU; engine/bucket_plan.py says why not on GPU).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +30,13 @@ class SamplerMode:
     all_greedy: bool
     use_filters: bool
     num_logprobs: int  # 0: none; else top-k width returned per row
+    gated: bool = False  # skip unrequested work at run time (one program for every request)
+
+    @property
+    def name(self) -> str:
+        if self.gated:
+            return "gated"
+        return "greedy" if self.all_greedy and not self.num_logprobs else "full"
 
 
 @struct.dataclass
@@ -40,42 +54,119 @@ class SamplingTensors:
     bias_values: jax.Array  # [S, NB] f32
     history: jax.Array  # [S, H] i32 prompt + output ids for penalties, -1 = unused
     history_is_output: jax.Array  # [S, H] bool
+    wants_logprobs: Any = None  # [S] bool, set by the bucket plan: a gated mode computes logprobs only if any
 
 
-def apply_bias_and_penalties(logits: jax.Array, t: SamplingTensors) -> jax.Array:
-    rows = jnp.arange(logits.shape[0])[:, None]
+def _gate(gated: bool, needed: jax.Array, compute: Callable[[], Any], skip: Callable[[], Any]) -> Any:
+    """``compute()``, or under a gated mode only when ``needed`` (a scalar bool) holds."""
+    return jax.lax.cond(needed, compute, skip) if gated else compute()
+
+
+def apply_bias_and_penalties(logits: jax.Array, t: SamplingTensors, gated: bool = False) -> jax.Array:
     if t.bias_ids.shape[1]:
-        valid = t.bias_ids >= 0
-        ids = jnp.where(valid, t.bias_ids, 0)
-        logits = logits.at[rows, ids].add(jnp.where(valid, t.bias_values, 0.0))
+        logits = _gate(gated, jnp.any(t.bias_ids >= 0), lambda: _add_bias(logits, t), lambda: logits)
     if t.history.shape[1]:
-        valid = t.history >= 0
-        ids = jnp.where(valid, t.history, 0)
-        output_counts = jnp.zeros_like(logits).at[rows, ids].add(
-            (valid & t.history_is_output).astype(logits.dtype)
-        )
-        seen = jnp.zeros(logits.shape, jnp.bool_).at[rows, ids].max(valid)
-        rep = t.repetition_penalty[:, None]
-        logits = jnp.where(seen, jnp.where(logits > 0, logits / rep, logits * rep), logits)
-        logits = logits - t.frequency_penalty[:, None] * output_counts
-        logits = logits - t.presence_penalty[:, None] * (output_counts > 0)
+        logits = _gate(gated, jnp.any(t.history >= 0), lambda: _penalize(logits, t), lambda: logits)
     return logits
 
 
+def _add_bias(logits: jax.Array, t: SamplingTensors) -> jax.Array:
+    rows = jnp.arange(logits.shape[0])[:, None]
+    valid = t.bias_ids >= 0
+    ids = jnp.where(valid, t.bias_ids, 0)
+    return logits.at[rows, ids].add(jnp.where(valid, t.bias_values, 0.0))
+
+
+def _penalize(logits: jax.Array, t: SamplingTensors) -> jax.Array:
+    """Repetition, frequency and presence penalties over each row's history (-1: unused)."""
+    rows = jnp.arange(logits.shape[0])[:, None]
+    valid = t.history >= 0
+    ids = jnp.where(valid, t.history, 0)
+    output_counts = jnp.zeros_like(logits).at[rows, ids].add((valid & t.history_is_output).astype(logits.dtype))
+    seen = jnp.zeros(logits.shape, jnp.bool_).at[rows, ids].max(valid)
+    rep = t.repetition_penalty[:, None]
+    logits = jnp.where(seen, jnp.where(logits > 0, logits / rep, logits * rep), logits)
+    logits = logits - t.frequency_penalty[:, None] * output_counts
+    return logits - t.presence_penalty[:, None] * (output_counts > 0)
+
+
 def apply_filters(logits: jax.Array, t: SamplingTensors) -> jax.Array:
-    """Masks tokens outside top-k, outside the top-p nucleus and below min-p (logits already tempered)."""
+    """Masks tokens outside top-k, outside the top-p nucleus and below min-p (logits already tempered).
+
+    No sort: each threshold is found by bisection over the float32 bit patterns (32 passes of a
+    compare-and-sum over the row, exact), which compiles in a fraction of a sort's time and runs
+    several times faster on CPU. Ties at a threshold are all kept.
+    """
+    keys = _ordered_keys(logits)
+    lowest, highest = keys.min(axis=-1), keys.max(axis=-1)
     vocab = logits.shape[-1]
-    sorted_desc = -jnp.sort(-logits, axis=-1)
     k = jnp.where(t.top_k > 0, jnp.minimum(t.top_k, vocab), vocab)
-    kth = jnp.take_along_axis(sorted_desc, (k - 1)[:, None], axis=-1)
-    probs_sorted = jax.nn.softmax(sorted_desc, axis=-1)
-    before = jnp.cumsum(probs_sorted, axis=-1) - probs_sorted
-    keep_count = jnp.maximum(jnp.sum(before < t.top_p[:, None], axis=-1), 1)
-    pth = jnp.take_along_axis(sorted_desc, (keep_count - 1)[:, None], axis=-1)
-    threshold = jnp.maximum(kth, pth)
-    min_p_threshold = sorted_desc[:, :1] + jnp.log(jnp.maximum(t.min_p[:, None], 1e-30))
-    threshold = jnp.where(t.min_p[:, None] > 0, jnp.maximum(threshold, min_p_threshold), threshold)
-    return jnp.where(logits >= threshold, logits, -jnp.inf)
+    kth = _largest_key(lowest, highest, lambda key: jnp.sum(keys >= key[:, None], axis=-1) >= k)
+    probs = jax.nn.softmax(logits, axis=-1)
+    nucleus = _smallest_key(lowest, highest,
+                            lambda key: jnp.sum(jnp.where(keys > key[:, None], probs, 0.0), axis=-1) < t.top_p)
+    pth = jnp.where(t.top_p < 1.0, nucleus, lowest)
+    keep = keys >= jnp.maximum(kth, pth)[:, None]
+    peak = jnp.max(logits, axis=-1, keepdims=True)
+    min_p_threshold = peak + jnp.log(jnp.maximum(t.min_p[:, None], 1e-30))
+    keep &= (t.min_p[:, None] <= 0) | (logits >= min_p_threshold)
+    return jnp.where(keep, logits, -jnp.inf)
+
+
+def _ordered_keys(x: jax.Array) -> jax.Array:
+    """int32 keys in the order of the float32 values (-inf lowest)."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+    return jnp.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def _midpoint(lo: jax.Array, hi: jax.Array) -> jax.Array:
+    """floor((lo + hi) / 2) without int32 overflow."""
+    return (lo >> 1) + (hi >> 1) + (lo & hi & 1)
+
+
+def _smallest_key(lo: jax.Array, hi: jax.Array, holds: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    """Per row, the smallest key in [lo, hi] where ``holds`` (false below it, true from it on; true at hi)."""
+    def step(_: int, bounds: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        lo, hi = bounds
+        mid = _midpoint(lo, hi)
+        ok = holds(mid)
+        return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
+
+    return jax.lax.fori_loop(0, 32, step, (lo, hi))[1]
+
+
+def _largest_key(lo: jax.Array, hi: jax.Array, holds: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    """Per row, the largest key in [lo, hi] where ``holds`` (true up to it, false above; true at lo)."""
+    def step(_: int, bounds: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        lo, hi = bounds
+        mid = _midpoint(lo, hi) + ((lo ^ hi) & 1)  # rounds up, so lo = mid always moves
+        ok = holds(mid)
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
+
+    return jax.lax.fori_loop(0, 32, step, (lo, hi))[0]
+
+
+def uses_filters(t: SamplingTensors) -> jax.Array:
+    """[S] bool: the row asks for top-k, top-p or min-p."""
+    return (t.top_k > 0) | (t.top_p < 1.0) | (t.min_p > 0)
+
+
+def _draw(logits: jax.Array, t: SamplingTensors, mode: SamplerMode) -> jax.Array:
+    """Gumbel-max draw at each row's temperature, after its own filters (rows without any keep
+    their logits untouched)."""
+    temp = jnp.where(t.temperature > 0, t.temperature, 1.0)[:, None]
+    tempered = logits / temp
+    if mode.use_filters:
+        filtered = uses_filters(t)
+        tempered = _gate(mode.gated, jnp.any(filtered),
+                         lambda: jnp.where(filtered[:, None], apply_filters(tempered, t), tempered), lambda: tempered)
+
+    def gumbel(seed: jax.Array, counter: jax.Array) -> jax.Array:
+        key = jax.random.fold_in(jax.random.key(seed), counter)
+        return jax.random.gumbel(key, (logits.shape[-1],), jnp.float32)
+
+    noise = jax.vmap(gumbel)(t.seeds, t.counters)
+    return jnp.argmax(tempered + noise, axis=-1).astype(jnp.int32)
 
 
 def sample(
@@ -83,27 +174,33 @@ def sample(
 ) -> tuple[jax.Array, tuple[jax.Array, ...] | None]:
     """Returns tokens [S] and, when asked, (chosen logprob [S], its rank [S], top-k logprobs, top-k ids)."""
     raw = logits
-    logits = apply_bias_and_penalties(logits, t)
+    logits = apply_bias_and_penalties(logits, t, mode.gated)
     greedy_tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    if mode.all_greedy:
-        tokens = greedy_tokens
-    else:
-        temp = jnp.where(t.temperature > 0, t.temperature, 1.0)[:, None]
-        tempered = logits / temp
-        if mode.use_filters:
-            tempered = apply_filters(tempered, t)
-
-        def gumbel(seed: jax.Array, counter: jax.Array) -> jax.Array:
-            key = jax.random.fold_in(jax.random.key(seed), counter)
-            return jax.random.gumbel(key, (logits.shape[-1],), jnp.float32)
-
-        noise = jax.vmap(gumbel)(t.seeds, t.counters)
-        sampled = jnp.argmax(tempered + noise, axis=-1).astype(jnp.int32)
-        tokens = jnp.where(t.temperature > 0, sampled, greedy_tokens)
+    tokens = greedy_tokens
+    if not mode.all_greedy:
+        sampled = t.temperature > 0
+        tokens = _gate(mode.gated, jnp.any(sampled),
+                       lambda: jnp.where(sampled, _draw(logits, t, mode), greedy_tokens), lambda: greedy_tokens)
     if not mode.num_logprobs:
         return tokens, None
-    chosen, rank, top_values, top_ids = token_logprobs(raw, tokens, mode.num_logprobs)
-    return tokens, (chosen, rank, top_values, top_ids)
+    wanted = jnp.any(t.wants_logprobs) if t.wants_logprobs is not None else jnp.bool_(True)
+    return tokens, gated_token_logprobs(mode.gated, wanted, lambda: raw, tokens, mode.num_logprobs)
+
+
+def gated_token_logprobs(gated: bool, wanted: jax.Array, logits: Callable[[], jax.Array], targets: jax.Array,
+                         k: int) -> tuple[jax.Array, ...]:
+    """``token_logprobs`` of ``logits()`` (computed inside, so a gated mode skips that work too)."""
+    rows = targets.shape[0]
+
+    def skip() -> tuple[jax.Array, ...]:
+        return (jnp.zeros(rows, jnp.float32), jnp.zeros(rows, jnp.int32), jnp.zeros((rows, k), jnp.float32),
+                jnp.zeros((rows, k), jnp.int32))
+
+    def compute() -> tuple[jax.Array, ...]:
+        lp, rank, values, ids = token_logprobs(logits(), jnp.maximum(targets, 0), k)
+        return lp.astype(jnp.float32), rank, values.astype(jnp.float32), ids
+
+    return tuple(_gate(gated, wanted, compute, skip))
 
 
 def token_logprobs(

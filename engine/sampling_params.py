@@ -52,10 +52,11 @@ class SamplingParams:
         if self.temperature < lim.GREEDY_TEMPERATURE_EPS:
             self.temperature = 0.0
 
-    def validate(self, vocab_size: int | None = None) -> None:
+    def validate(self, vocab_size: int | None = None, num_eos_ids: int = 0) -> None:
         """Raises ValueError ("<field> must ..., got ...") unless every field is in range.
 
         With ``vocab_size``, token ids (logit_bias keys, stop_token_ids) must also be below it.
+        ``num_eos_ids``: the model's eos ids, which min_tokens suppresses through the bias row.
         """
         max_id = vocab_size - 1 if vocab_size is not None else lim.INT32_MAX
         _check_int("n", self.n, 1, lim.MAX_N)
@@ -77,6 +78,7 @@ class SamplingParams:
             if not isinstance(getattr(self, name), bool):
                 _bad(name, "must be true or false", getattr(self, name))
         self._check_stops(max_id)
+        self._check_bias_row(num_eos_ids)
         for name in ("logprobs", "prompt_logprobs"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 0, lim.MAX_LOGPROBS)
@@ -90,6 +92,13 @@ class SamplingParams:
         for token, value in bias.items():
             _check_int("logit_bias", token, 0, max_id, what="token id")
             _check_float("logit_bias", value, -lim.MAX_LOGIT_BIAS, lim.MAX_LOGIT_BIAS, what="bias")
+
+    def _check_bias_row(self, num_eos_ids: int) -> None:
+        suppressed = num_eos_ids + len(self.stop_token_ids) if self.min_tokens else 0
+        entries = len(self.logit_bias or {})
+        if entries + suppressed > lim.MAX_BIAS_ROW_ENTRIES:
+            _bad("logit_bias", f"must have at most {lim.MAX_BIAS_ROW_ENTRIES - suppressed} entries with these "
+                 f"stop ids and min_tokens", entries)
 
     def _check_stops(self, max_id: int) -> None:
         stop, ids = self.stop, self.stop_token_ids

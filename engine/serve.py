@@ -3,10 +3,12 @@
 Three kinds of process (docs/architecture.md): this one, which starts the others and runs API server
 0; the engine core (scheduler, KV blocks, model runner: nothing but steps; engine/core/); and
 ``--api-server-count - 1`` more API servers on the same port. Start-up logs the settings, waits
-for the core to load the model, then serves (/health answers 503 while the core warms up).
+for the core to load the model, then serves; meanwhile the core compiles (or loads from the
+persistent cache) every program of its bucket plan and /health answers 503 "warming up: k of n
+programs" until it is ready (``--skip-warmup``: programs compile when first used).
 SIGINT or SIGTERM drains every API server (past --graceful-shutdown-timeout each request still
-running ends with an error event and ``data: [DONE]``, or a 503), then stops the core, and exits 0. If the core dies, every API server answers 503 and exits 1, and so does this
-process. Children die with this process, whatever kills it.
+running ends with an error event and ``data: [DONE]``, or a 503), then stops the core, and exits 0.
+If the core dies, every API server answers 503 and exits 1, and so does this process. Children die with this process, whatever kills it.
 """
 
 from __future__ import annotations
@@ -22,14 +24,12 @@ from engine.args import describe, parse_args
 from engine.core.process import CoreProcess, CoreSpec, CoreStartError
 from engine.core.served_model import ServedModel
 from engine.core.transport import CoreAddresses
-from engine.launch import build_engine, configure_logging, is_follower, release_followers
+from engine.launch import build_engine, configure_logging, follow, is_follower, release_followers
 from server.api_server import ApiServerSpec, api_server_main, listening_socket, run_api_server
 from server.app import tessera_version
 from server.chat_template import load_chat_template
 from server.sampling import load_generation_defaults
 from server.state import ServerSettings
-from server.warmup import warm_up
-from sharding import multihost
 
 logger = logging.getLogger("engine.serve")
 
@@ -53,11 +53,11 @@ def serve(args: argparse.Namespace) -> int:
         max_pending_requests=_per_server(args.max_pending_requests, args.api_server_count),
     )
     if is_follower(args):  # the other hosts of a mesh replay process 0's steps, in this process
-        multihost.follow(build_engine(args))
+        follow(args)
         return 0
     core = CoreProcess(CoreSpec(
         build=functools.partial(build_engine, args), addresses=CoreAddresses.in_new_directory(args.api_server_count),
-        warm_up=None if args.skip_warmup else warm_up, setup_logging=configure_logging, finish=release_followers,
+        setup_logging=configure_logging, finish=release_followers,
     ))
     try:
         model = core.wait_for_model()

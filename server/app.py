@@ -78,8 +78,9 @@ def health(state: State) -> Response[Any]:
     engine_loop = _server(state).engine_loop
     if not engine_loop.alive:
         return error_response(503, "The engine has stopped; this server cannot serve requests.")
-    if not engine_loop.ready:
-        return error_response(503, f"The engine is warming up ({engine_loop.status_detail}).")
+    if not engine_loop.ready:  # the core's latest status: "warming up: k of n programs" while it precompiles
+        return Response(engine_loop.status_detail.encode(), status_code=503, media_type="text/plain",
+                        headers={"Retry-After": "1"})
     return Response(b"", media_type="text/plain")
 
 

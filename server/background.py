@@ -66,12 +66,14 @@ class BackgroundServer:
 class LocalServer:
     """An engine-core process plus an API server in a background thread of this process: the
     multi-process server in one object, for tests and the serving benchmark. ``app_for`` builds
-    more apps on the same core (API server indexes 1..num_api_servers-1)."""
+    more apps on the same core (API server indexes 1..num_api_servers-1). Entering it waits until
+    the core is ready (its bucket plan precompiled, unless its config says not to), or with
+    ``wait_ready=False`` only until the API server listens."""
 
     def __init__(self, build: Callable[[], LLMEngine], settings_for: Callable[[ServedModel], ServerSettings],
-                 num_api_servers: int = 1, warm_up: Callable[[LLMEngine], None] | None = None) -> None:
-        self.core = CoreProcess(CoreSpec(build=build, addresses=CoreAddresses.in_new_directory(num_api_servers),
-                                         warm_up=warm_up))
+                 num_api_servers: int = 1, wait_ready: bool = True) -> None:
+        self.core = CoreProcess(CoreSpec(build=build, addresses=CoreAddresses.in_new_directory(num_api_servers)))
+        self.wait_ready = wait_ready
         try:
             self.model = self.core.wait_for_model()
         except BaseException:
@@ -99,7 +101,7 @@ class LocalServer:
         try:
             self.background.start()
             deadline = time.monotonic() + READY_TIMEOUT_S
-            while not self.engine_loop.ready:
+            while self.wait_ready and not self.engine_loop.ready:
                 if not self.engine_loop.alive or time.monotonic() > deadline:
                     raise RuntimeError("the engine core did not become ready")
                 time.sleep(0.05)

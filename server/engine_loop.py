@@ -91,7 +91,7 @@ class EngineLoop:
         self.client_index = client_index
         self.model = model
         self.metrics = metrics
-        self.stats = EngineStats(0, 0, 0.0, 0, 0, 0, 0, 0, 0, 0, 0)  # the core's, as of its latest message
+        self.stats = EngineStats(0, 0, 0.0, 0, 0, 0, 0, 0, 0, 0, 0, 0)  # the core's, as of its latest message
         self.ready = False
         self.status_detail = "waiting for the engine core"
         self._core_alive = core_alive

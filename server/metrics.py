@@ -44,7 +44,10 @@ def _counters(s: EngineStats) -> tuple[tuple[str, str, float], ...]:
         ("num_preemptions", "Sequences preempted for lack of KV blocks.", s.num_preemptions),
         ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", s.prefix_cache_queries),
         ("prefix_cache_hits", "Prompt tokens whose KV the prefix cache supplied.", s.prefix_cache_hits),
-        ("num_compilations", "XLA programs compiled by this process.", s.num_compilations),
+        ("num_compilations", "XLA programs lowered by the engine core (compiled or loaded from the cache).",
+         s.num_compilations),
+        ("num_compilations_after_ready", "Step programs compiled after the bucket plan was ready "
+         "(a shape the plan missed: should stay 0).", s.num_late_compilations),
     )
 
 

@@ -68,7 +68,7 @@ class ServerState:
         if not self.engine_loop.alive:
             raise APIError(503, "The engine has stopped; this server cannot serve requests.")
         if not self.engine_loop.ready:
-            raise APIError(503, f"The engine is warming up ({self.engine_loop.status_detail}); retry later.",
+            raise APIError(503, f"The engine is not ready yet ({self.engine_loop.status_detail}); retry later.",
                            headers={"Retry-After": "5"})
         if self.engine_loop.num_pending >= self.settings.max_pending_requests:
             raise APIError(503, f"The server is overloaded ({self.engine_loop.num_pending} requests pending); "

@@ -42,7 +42,7 @@ def tiny_loaded(tiny_config: ModelConfig, smollm_tokenizer: Any) -> LoadedModel:
 
 def _tiny_engine(loaded: LoadedModel, **overrides: Any) -> LLMEngine:
     fields: dict[str, Any] = dict(max_model_len=TINY_MAX_MODEL_LEN, max_num_seqs=16, num_gpu_blocks_override=256,
-                                  compilation_cache_dir=None)
+                                  compilation_cache_dir=None, precompile=False)
     fields.update(overrides)
     return LLMEngine(EngineConfig(**fields), loaded)
 

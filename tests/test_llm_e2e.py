@@ -18,7 +18,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def llm() -> LLM:
     # A small token budget forces chunked prefill and mixed prefill/decode steps.
-    return LLM(max_model_len=512, max_num_seqs=8, max_num_batched_tokens=32, compilation_cache_dir=None)
+    return LLM(max_model_len=512, max_num_seqs=8, max_num_batched_tokens=32, compilation_cache_dir=None,
+               precompile=False)
 
 
 def test_generate_matches_hf_greedy(llm: LLM) -> None:

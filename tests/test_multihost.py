@@ -51,7 +51,8 @@ def worker(process_id: int, port: int, out_path: str) -> None:
 
     multihost.initialize(f"127.0.0.1:{port}", 2, process_id)
     config = tiny_config(num_heads=8, num_kv_heads=4, head_dim=8)
-    engine_config = EngineConfig(num_gpu_blocks_override=32, max_num_seqs=4, compilation_cache_dir=None)
+    engine_config = EngineConfig(num_gpu_blocks_override=32, max_num_seqs=4, compilation_cache_dir=None,
+                                 precompile=False)
     results: dict[str, object] = {"devices": jax.device_count(), "local": jax.local_device_count()}
     for spec in SPECS:
         sharding = ModelSharding.from_spec(spec)

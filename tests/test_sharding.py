@@ -95,7 +95,8 @@ def _run(config: Any, spec: str | None, rules: str) -> dict[str, Any]:
             size *= n
         sharding = ModelSharding.from_spec(spec, rules, devices=jax.devices()[:size])
         sharding.check_model(config)
-    engine = LLMEngine(EngineConfig(num_gpu_blocks_override=NUM_BLOCKS, max_num_seqs=8, compilation_cache_dir=None),
+    engine = LLMEngine(EngineConfig(num_gpu_blocks_override=NUM_BLOCKS, max_num_seqs=8, compilation_cache_dir=None,
+                                    precompile=False),
                        LoadedModel(config, host_params(config, sharding), None, "tiny", Path(".")), sharding)
     for i, prompt in enumerate(PROMPTS):
         # the last request samples twice: its second sample shares the prompt's blocks (copy-on-write)

@@ -28,6 +28,7 @@ def tiny_engine(config: ModelConfig | None = None, tokenizer: Any = None, seed: 
     engine_kwargs.setdefault("num_gpu_blocks_override", 128)
     engine_kwargs.setdefault("max_num_seqs", 8)
     engine_kwargs.setdefault("compilation_cache_dir", None)
+    engine_kwargs.setdefault("precompile", False)  # shapes compile on first use: most tests use a few
     return LLMEngine(EngineConfig(**engine_kwargs), loaded)
 
 

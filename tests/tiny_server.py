@@ -2,7 +2,8 @@
 
 ``build_tiny_engine`` runs in the spawned core process (it must be importable and picklable):
 the conftest's two-layer Llama with SmolLM2's vocabulary, random weights and the real SmolLM2
-tokenizer. ``step_delay_s`` slows each step, for tests that must outlive a client reliably.
+tokenizer. ``step_delay_s`` slows each step, for tests that must outlive a client reliably. Its
+config does not precompile (most tests use a few shapes) unless ``precompile=True`` is passed.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ def build_tiny_engine(step_delay_s: float = 0.0, **overrides: Any) -> LLMEngine:
     config = tiny_config(vocab_size=SMOLLM2_VOCAB, max_position_embeddings=TINY_MAX_MODEL_LEN)
     loaded = LoadedModel(config, dummy_params(config, seed=0), smollm_tokenizer(), "tiny", Path("tiny"))
     fields: dict[str, Any] = dict(max_model_len=TINY_MAX_MODEL_LEN, max_num_seqs=16, num_gpu_blocks_override=256,
-                                  compilation_cache_dir=None)
+                                  compilation_cache_dir=None, precompile=False)
     fields.update(overrides)
-    engine = LLMEngine(EngineConfig(**fields), loaded)
+    engine = LLMEngine(EngineConfig(**fields), loaded, precompile=False)  # the core precompiles if config says so
     if step_delay_s:
         engine.step = functools.partial(_slow_step, engine.step, step_delay_s)  # type: ignore[method-assign]
     return engine

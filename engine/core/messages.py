@@ -87,6 +87,7 @@ class CoreStats(msgspec.Struct, array_like=True):
     generation_tokens_total: int
     num_preemptions: int
     num_compilations: int
+    num_late_compilations: int
     prefix_cache_queries: int
     prefix_cache_hits: int
 

@@ -2,7 +2,9 @@
 
 The core is a ``spawn``ed child (JAX and its device threads do not survive a fork). It reports
 back once through a pipe: the ServedModel as soon as the model is loaded, or why it could not
-start. Then it warms up (API servers see CoreStatus "warming", /health says 503) and announces
+start. Then, unless its config says not to (``--skip-warmup``), it compiles (or loads from the
+persistent cache) every program of its bucket plan, broadcasting CoreStatus "warming" with
+"warming up: k of n programs" after each (/health answers 503 with that text), and announces
 "ready". It dies with its parent (PR_SET_PDEATHSIG), ignores SIGINT (the API servers drain on
 Ctrl-C, then stop it) and stops cleanly on SIGTERM.
 """
@@ -37,11 +39,12 @@ class CoreStartError(RuntimeError):
 
 @dataclasses.dataclass
 class CoreSpec:
-    """How the child builds its engine; every callable must pickle (module-level functions, partials)."""
+    """How the child builds its engine; every callable must pickle (module-level functions, partials).
+    ``build`` returns an engine that has not precompiled yet (``LLMEngine(..., precompile=False)``):
+    the core precompiles it when ``engine.config.precompile``, reporting progress."""
 
     build: Callable[[], LLMEngine]
     addresses: CoreAddresses
-    warm_up: Callable[[LLMEngine], None] | None = None
     setup_logging: Callable[[], None] | None = None
     finish: Callable[[LLMEngine], None] | None = None  # after the loop, e.g. releasing multi-host followers
 
@@ -126,9 +129,8 @@ def _core_main(spec: CoreSpec, reports: Connection, parent_pid: int) -> None:
 def _serve(core: EngineCore, spec: CoreSpec) -> None:
     sockets = core.sockets
     try:
-        if spec.warm_up is not None:
-            sockets.broadcast(CoreStatus("warming", "compiling the first step programs"))
-            spec.warm_up(core.engine)
+        if core.engine.config.precompile:
+            _precompile(core.engine, sockets)
         sockets.broadcast(CoreStatus("ready"))
         core.run()
     except BaseException as exc:
@@ -141,3 +143,13 @@ def _serve(core: EngineCore, spec: CoreSpec) -> None:
     sockets.close()
     logger.info("Engine core stopped")
 
+
+def _precompile(engine: LLMEngine, sockets: CoreSockets) -> None:
+    """The whole bucket plan, with "warming up: k of n programs" to every API server after each program."""
+
+    def report() -> None:
+        done, total = engine.compile_progress()
+        sockets.broadcast(CoreStatus("warming", f"warming up: {done} of {total} programs"))
+
+    report()
+    engine.precompile(on_progress=report)
