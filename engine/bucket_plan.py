@@ -17,7 +17,8 @@ request and the sampler skips what no row asks for at run time (``SamplerMode.ga
 a conditional makes the host wait for the device (it reads the predicate back), which would
 stall the step pipeline, so there are two static variants: greedy (argmax only) and full
 (sampling, filters, logprobs, bias and penalties, each row masked by its own settings), plus
-prompt logprobs as its own variant (it needs logits of every token). Logprob widths are one
+prompt logprobs as its own variant of prefill steps (it needs logits of every token; a decode
+step's are one more [seqs, vocab] pass, so its full variant always includes them). Logprob widths are one
 width (20) and bias/penalty history widths are fixed, so none of them multiplies programs.
 Measurements behind these choices: docs/compilation.md.
 """
@@ -156,14 +157,14 @@ class BucketPlan:
             wants_logprobs=sampling.wants_logprobs if sampling.wants_logprobs is not None
             else np.full(rows, bool(inputs.mode.num_logprobs)),  # normalizing twice changes nothing
         )
-        prompt = inputs.prompt_k is not None
-        if self.runtime_switches and not prompt:
+        decode = inputs.max_query_len == 1
+        prompt = inputs.prompt_k is not None or (decode and not mode.all_greedy)
+        if inputs.prompt_k is None:  # no row asked: a gated program skips them, others compute and drop them
             prompt_targets = np.full(np.shape(inputs.prompt_targets), -1, np.int32)  # -1: skip prompt logprobs
             inputs = inputs.replace(prompt_targets=prompt_targets)
-        decode = inputs.max_query_len == 1
         return inputs.replace(
             sampling=sampling, mode=mode, max_query_len=1 if decode else np.shape(inputs.input_ids)[0] // self.dp,
-            prompt_k=MAX_LOGPROBS if (prompt or self.runtime_switches) else None,
+            prompt_k=MAX_LOGPROBS if (prompt or self.runtime_switches) else None,  # prompt_targets -1: none
         )
 
     # ---- the whole plan ---------------------------------------------------------------------
@@ -188,9 +189,11 @@ class BucketPlan:
                                MAX_LOGPROBS, self.bias_width, self.history_width)]
         full = SamplerMode(False, True, MAX_LOGPROBS)
         b, h = self.bias_width, self.history_width
+        with_prompt = ProgramKey(tokens, seqs, width, window, full, MAX_LOGPROBS, b, h)
+        if window == 1:  # a decode step's prompt logprobs cost one more [seqs, vocab] pass: always in "full"
+            return [ProgramKey(tokens, seqs, width, window, GREEDY, None, 0, 0), with_prompt]
         return [ProgramKey(tokens, seqs, width, window, GREEDY, None, 0, 0),
-                ProgramKey(tokens, seqs, width, window, full, None, b, h),
-                ProgramKey(tokens, seqs, width, window, full, MAX_LOGPROBS, b, h)]
+                ProgramKey(tokens, seqs, width, window, full, None, b, h), with_prompt]
 
     def key_of(self, inputs: Any) -> ProgramKey:
         """The program a (normalized) StepInput runs."""
