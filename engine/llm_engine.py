@@ -122,6 +122,7 @@ class LLMEngine:
             kv_cache_memory_bytes=config.kv_cache_memory_bytes,
             gpu_memory_utilization=config.gpu_memory_utilization,
             sharding=sharding, token_buckets=config.token_buckets, seq_buckets=config.seq_buckets,
+            precompiled=config.precompile,
         )
         logger.info(self.runner.kv_cache_summary())
         if sharding is not None and sharding.dp > 1:

@@ -84,7 +84,10 @@ class ModelRunner:
         sharding: ModelSharding | None = None,
         token_buckets: list[int] | None = None,
         seq_buckets: list[int] | None = None,
+        precompiled: bool = True,
     ) -> None:
+        """``precompiled``: steps are folded onto the bucket plan's variants (all compiled ahead of
+        time); False: each step compiles its own switches on first use (tests, --skip-warmup)."""
         self.config = config
         self.params = params
         self.block_size = block_size
@@ -107,7 +110,7 @@ class ModelRunner:
         self.plan = BucketPlan.build(
             max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
             block_size=block_size, attention_backend=attention_backend, platform=jax.default_backend(), dp=self.dp,
-            token_buckets=token_buckets, seq_buckets=seq_buckets)
+            token_buckets=token_buckets, seq_buckets=seq_buckets, fold=precompiled)
         logger.info(self.plan.describe())
         self._step = self._jit_step()
         self.programs = StepPrograms("step", self._compile_program, ProgramKey.describe)
