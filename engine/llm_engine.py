@@ -221,6 +221,7 @@ class LLMEngine:
         the host's work for step N runs while the device computes step N+1.
         """
         started = time.perf_counter()
+        self.runner.last_device_wait_s = 0.0  # a step that reads nothing back waits for nothing
         batch = self.scheduler.schedule()
         outputs: list[RequestOutput] = []
         launched = self._launch(batch, outputs) if batch else None
