@@ -240,6 +240,7 @@ class LLMEngine:
         the host's work for step N runs while the device computes step N+1.
         """
         started = time.perf_counter()
+        self.runner.last_device_wait_s = 0.0  # a step that reads nothing back waits for nothing
         batch = self.scheduler.schedule()
         outputs: list[RequestOutput] = []
         launched = self._launch(batch, outputs) if batch else None
@@ -337,10 +338,13 @@ class LLMEngine:
 
     def _position_logprobs(self, token: int, logprob: Any, rank: Any, top_values: Any, top_ids: Any,
                            k: int) -> PositionLogprobs:
-        """The chosen token's logprob and rank, then the top-k alternatives by rank."""
-        entry: PositionLogprobs = {token: Logprob(float(logprob), int(rank), self._token_text(token))}
-        for r, (value, tid) in enumerate(zip(top_values[:k], top_ids[:k]), start=1):
-            entry.setdefault(int(tid), Logprob(float(value), r, self._token_text(int(tid))))
+        """The chosen token's logprob and rank, then the top-k alternatives by rank (their texts
+        decoded in one call)."""
+        ids = [token, *(int(t) for t in top_ids[:k])]
+        texts = self.tokenizer.decode_each(ids) if self.tokenizer is not None else [None] * len(ids)
+        entry: PositionLogprobs = {token: Logprob(float(logprob), int(rank), texts[0])}
+        for r, (value, tid, text) in enumerate(zip(top_values[:k], ids[1:], texts[1:]), start=1):
+            entry.setdefault(tid, Logprob(float(value), r, text))
         return entry
 
     def _record_prompt_logprobs(self, seq: Sequence, data: tuple[Any, ...]) -> None:
@@ -353,9 +357,6 @@ class LLMEngine:
             seq.prompt_logprobs.append(self._position_logprobs(
                 seq.token_ids[start + 1 + i], lps[i], ranks[i], top_values[i], top_ids[i],
                 seq.params.prompt_logprobs or 0))
-
-    def _token_text(self, token: int) -> str | None:
-        return self.tokenizer.decode([token], skip_special_tokens=False) if self.tokenizer else None
 
     def _request_output(self, state: RequestState) -> RequestOutput:
         outputs = []
