@@ -211,7 +211,8 @@ class BucketPlan:
         keys = self.keys()
         decode = sum(k.window == 1 for k in keys)
         return (f"bucket plan: {len(keys)} step programs ({decode} decode, {len(keys) - decode} with prefill) + "
-                f"{len(self.copy_ladder)} block-copy programs; tokens {list(self.token_ladder)}, seqs {list(self.seq_ladder)}, widths {list(self.width_ladder)}, "
+                f"{len(self.copy_ladder)} block-copy programs; tokens {list(self.token_ladder)}, "
+                f"seqs {list(self.seq_ladder)}, widths {list(self.width_ladder)}, "
                 f"sampler {'one gated variant' if self.runtime_switches else 'greedy / full / prompt logprobs'}")
 
 

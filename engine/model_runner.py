@@ -227,8 +227,9 @@ class ModelRunner:
             def all_logits() -> jax.Array:
                 return self.model.apply(variables, hidden, method=CausalLM.logits)
 
-            lp, rank, tv, ti = gated_token_logprobs(inputs.mode.gated, jnp.any(inputs.prompt_targets >= 0), all_logits,
-                                                    inputs.prompt_targets, inputs.prompt_k)
+            wanted = jnp.any(inputs.prompt_targets >= 0)
+            lp, rank, tv, ti = gated_token_logprobs(inputs.mode.gated, wanted, all_logits, inputs.prompt_targets,
+                                                    inputs.prompt_k)
             out.update(prompt_logprob=lp, prompt_rank=rank, prompt_top_logprobs=tv, prompt_top_ids=ti)
         sampled = jnp.pad(tokens, (0, prev_tokens.shape[0] - tokens.shape[0]))  # a fixed-size buffer
         return kv_caches, sampled, out
