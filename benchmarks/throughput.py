@@ -5,8 +5,8 @@ random``) or the ShareGPT-like long-tailed lengths of benchmarks/serve.py (``--d
 sharegpt``, the same generator, so offline and serving runs see the same requests). The
 engine compiles its whole bucket plan at start-up (timed and printed), so the measured pass
 needs no warm-up and must compile nothing (``compilations_during_run``); ``--warmup-passes N``
-still runs N unmeasured passes first. Prints requests/s, tokens/s, the device's busy fraction and the host
-time it did not hide (benchmarks/step_timeline.py), and the fraction of the decode bandwidth
+still runs N unmeasured passes first. Prints requests/s, tokens/s, the device's busy fraction and
+the host time it did not hide (benchmarks/step_timeline.py), and the fraction of the decode bandwidth
 roofline reached (copy bandwidth: benchmarks/roofline.py).
 
 ``--batch1`` measures one request alone (default 128 in / 512 out): tok/s and its fraction

@@ -17,7 +17,8 @@ request and the sampler skips what no row asks for at run time (``SamplerMode.ga
 a conditional makes the host wait for the device (it reads the predicate back), which would
 stall the step pipeline, so there are two static variants: greedy (argmax only) and full
 (sampling, filters, logprobs, bias and penalties, each row masked by its own settings), plus
-prompt logprobs as its own variant (it needs logits of every token). Logprob widths are one
+prompt logprobs as its own variant of prefill steps (it needs logits of every token; a decode
+step's are one more [seqs, vocab] pass, so its full variant always includes them). Logprob widths are one
 width (20) and bias/penalty history widths are fixed, so none of them multiplies programs.
 Measurements behind these choices: docs/compilation.md.
 """
@@ -58,7 +59,7 @@ SHAPE_COSTS = {
 }
 
 
-@dataclasses.dataclass(frozen=True, order=True)
+@dataclasses.dataclass(frozen=True)
 class ProgramKey:
     """One step program: padded per-replica shapes plus the static sampler switches."""
 
@@ -104,11 +105,12 @@ class BucketPlan:
     history_width: int
     copy_ladder: tuple[int, ...]  # copy-on-write block pairs per step (at most one per sequence)
     dp: int = 1
+    fold: bool = True  # fold steps onto the planned variants; off (no precompile): each step's own switches
 
     @classmethod
     def build(cls, *, max_num_batched_tokens: int, max_num_seqs: int, max_model_len: int, block_size: int,
-              attention_backend: str, platform: str, dp: int = 1,
-              token_buckets: Sequence[int] | None = None, seq_buckets: Sequence[int] | None = None) -> BucketPlan:
+              attention_backend: str, platform: str, dp: int = 1, token_buckets: Sequence[int] | None = None,
+              seq_buckets: Sequence[int] | None = None, fold: bool = True) -> BucketPlan:
         seq_top = max(MIN_SEQ_BUCKET, max_num_seqs)
         seqs = _explicit(seq_buckets, seq_top) or doubling_ladder(MIN_SEQ_BUCKET, seq_top)
         tokens = _explicit(token_buckets, max_num_batched_tokens) or doubling_ladder(
@@ -118,7 +120,7 @@ class BucketPlan:
         widths = doubling_ladder(min(MIN_WIDTH_BUCKET, max_blocks), max_blocks) if cost.width else (max_blocks,)
         return cls(tokens, seqs, widths, cost, runtime_switches=platform != "gpu",
                    bias_width=MAX_BIAS_ROW_ENTRIES, history_width=max(16, -(-max_model_len // 16) * 16),
-                   copy_ladder=doubling_ladder(MIN_SEQ_BUCKET, dp * seq_top), dp=dp)
+                   copy_ladder=doubling_ladder(MIN_SEQ_BUCKET, dp * seq_top), dp=dp, fold=fold)
 
     # ---- choosing a step's program ------------------------------------------------------------
     def shapes(self, num_tokens: int, num_seqs: int, widest: int, decode_only: bool) -> tuple[int, int, int]:
@@ -147,26 +149,28 @@ class BucketPlan:
         """A built StepInput moved onto its planned program: window, sampler variant, fixed
         logprob, bias and history widths. The outputs a row asked for are unchanged."""
         sampling = inputs.sampling
+        if sampling.wants_logprobs is None:
+            sampling = sampling.replace(wants_logprobs=np.full(sampling.temperature.shape[0],
+                                                               bool(inputs.mode.num_logprobs)))
+        if not self.fold:  # compiled on first use: only the switches this step needs (tests, --skip-warmup)
+            return inputs.replace(sampling=sampling)
         extras = sampling.bias_ids.shape[1] > 0 or sampling.history.shape[1] > 0
         mode = self.mode_for(inputs.mode, extras)
-        rows = sampling.temperature.shape[0]
         wide = not mode.all_greedy
         sampling = sampling.replace(
             bias_ids=_widen(sampling.bias_ids, self.bias_width if wide else 0, -1),
             bias_values=_widen(sampling.bias_values, self.bias_width if wide else 0, 0.0),
             history=_widen(sampling.history, self.history_width if wide else 0, -1),
             history_is_output=_widen(sampling.history_is_output, self.history_width if wide else 0, False),
-            wants_logprobs=sampling.wants_logprobs if sampling.wants_logprobs is not None
-            else np.full(rows, bool(inputs.mode.num_logprobs)),  # normalizing twice changes nothing
         )
-        prompt = inputs.prompt_k is not None
-        if self.runtime_switches and not prompt:
+        decode = inputs.max_query_len == 1
+        prompt = inputs.prompt_k is not None or (decode and not mode.all_greedy)
+        if inputs.prompt_k is None:  # no row asked: a gated program skips them, others compute and drop them
             prompt_targets = np.full(np.shape(inputs.prompt_targets), -1, np.int32)  # -1: skip prompt logprobs
             inputs = inputs.replace(prompt_targets=prompt_targets)
-        decode = inputs.max_query_len == 1
         return inputs.replace(
             sampling=sampling, mode=mode, max_query_len=1 if decode else np.shape(inputs.input_ids)[0] // self.dp,
-            prompt_k=MAX_LOGPROBS if (prompt or self.runtime_switches) else None,
+            prompt_k=MAX_LOGPROBS if (prompt or self.runtime_switches) else None,  # prompt_targets -1: none
         )
 
     # ---- the whole plan ---------------------------------------------------------------------
@@ -191,9 +195,11 @@ class BucketPlan:
                                MAX_LOGPROBS, self.bias_width, self.history_width)]
         full = SamplerMode(False, True, MAX_LOGPROBS)
         b, h = self.bias_width, self.history_width
+        with_prompt = ProgramKey(tokens, seqs, width, window, full, MAX_LOGPROBS, b, h)
+        if window == 1:  # a decode step's prompt logprobs cost one more [seqs, vocab] pass: always in "full"
+            return [ProgramKey(tokens, seqs, width, window, GREEDY, None, 0, 0), with_prompt]
         return [ProgramKey(tokens, seqs, width, window, GREEDY, None, 0, 0),
-                ProgramKey(tokens, seqs, width, window, full, None, b, h),
-                ProgramKey(tokens, seqs, width, window, full, MAX_LOGPROBS, b, h)]
+                ProgramKey(tokens, seqs, width, window, full, None, b, h), with_prompt]
 
     def key_of(self, inputs: Any) -> ProgramKey:
         """The program a (normalized) StepInput runs."""
@@ -207,8 +213,9 @@ class BucketPlan:
     def describe(self) -> str:
         keys = self.keys()
         decode = sum(k.window == 1 for k in keys)
-        return (f"bucket plan: {len(keys)} step programs + {len(self.copy_ladder)} block-copy programs ({decode} decode, {len(keys) - decode} with prefill); "
-                f"tokens {list(self.token_ladder)}, seqs {list(self.seq_ladder)}, widths {list(self.width_ladder)}, "
+        return (f"bucket plan: {len(keys)} step programs ({decode} decode, {len(keys) - decode} with prefill) + "
+                f"{len(self.copy_ladder)} block-copy programs; tokens {list(self.token_ladder)}, "
+                f"seqs {list(self.seq_ladder)}, widths {list(self.width_ladder)}, "
                 f"sampler {'one gated variant' if self.runtime_switches else 'greedy / full / prompt logprobs'}")
 
 

@@ -122,6 +122,7 @@ class LLMEngine:
             kv_cache_memory_bytes=config.kv_cache_memory_bytes,
             gpu_memory_utilization=config.gpu_memory_utilization,
             sharding=sharding, token_buckets=config.token_bucket_ladder, seq_buckets=config.seq_bucket_ladder,
+            precompiled=config.precompile,
         )
         logger.info(self.runner.kv_cache_summary())
         if sharding is not None and sharding.dp > 1:
@@ -235,6 +236,7 @@ class LLMEngine:
         the host's work for step N runs while the device computes step N+1.
         """
         started = time.perf_counter()
+        self.runner.last_device_wait_s = 0.0  # a step that reads nothing back waits for nothing
         batch = self.scheduler.schedule()
         outputs: list[RequestOutput] = []
         launched = self._launch(batch, outputs) if batch else None

@@ -85,7 +85,10 @@ class ModelRunner:
         sharding: ModelSharding | None = None,
         token_buckets: tuple[int, ...] | None = None,
         seq_buckets: tuple[int, ...] | None = None,
+        precompiled: bool = True,
     ) -> None:
+        """``precompiled``: steps are folded onto the bucket plan's variants (all compiled ahead of
+        time); False: each step compiles its own switches on first use (tests, --skip-warmup)."""
         self.config = config
         self.params = params
         self.block_size = block_size
@@ -108,7 +111,7 @@ class ModelRunner:
         self.plan = BucketPlan.build(
             max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
             block_size=block_size, attention_backend=attention_backend, platform=jax.default_backend(), dp=self.dp,
-            token_buckets=token_buckets, seq_buckets=seq_buckets)
+            token_buckets=token_buckets, seq_buckets=seq_buckets, fold=precompiled)
         logger.info(self.plan.describe())
         self._step = self._jit_step()
         self.programs = StepPrograms("step", self._compile_program, ProgramKey.describe)
@@ -225,8 +228,9 @@ class ModelRunner:
             def all_logits() -> jax.Array:
                 return self.model.apply(variables, hidden, method=CausalLM.logits)
 
-            lp, rank, tv, ti = gated_token_logprobs(inputs.mode.gated, jnp.any(inputs.prompt_targets >= 0), all_logits,
-                                                    inputs.prompt_targets, inputs.prompt_k)
+            wanted = jnp.any(inputs.prompt_targets >= 0)
+            lp, rank, tv, ti = gated_token_logprobs(inputs.mode.gated, wanted, all_logits, inputs.prompt_targets,
+                                                    inputs.prompt_k)
             out.update(prompt_logprob=lp, prompt_rank=rank, prompt_top_logprobs=tv, prompt_top_ids=ti)
         sampled = jnp.pad(tokens, (0, prev_tokens.shape[0] - tokens.shape[0]))  # a fixed-size buffer
         return kv_caches, sampled, out

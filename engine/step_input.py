@@ -58,10 +58,6 @@ class StepInput:
     def replace(self, **changes: Any) -> StepInput:
         return dataclasses.replace(self, **changes)
 
-    @property
-    def num_token_rows(self) -> int:
-        return int(np.shape(self.input_ids)[0])
-
 
 META_FIELDS = ("max_query_len", "mode", "prompt_k")
 DATA_FIELDS = tuple(f.name for f in dataclasses.fields(StepInput) if f.name not in META_FIELDS)

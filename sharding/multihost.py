@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pickle
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np

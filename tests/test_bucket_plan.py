@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 
 from engine.bucket_plan import BucketPlan, ProgramKey, doubling_ladder, fit
@@ -76,7 +77,7 @@ def test_gpu_plans_greedy_full_and_prompt_variants_over_few_shapes() -> None:
     shapes = {(k.tokens, k.seqs, k.width, k.window) for k in gpu.keys()}
     # decode: one per sequence rung; prefill: one per token rung (sequences follow tokens)
     assert len(shapes) == len(gpu.seq_ladder) + len(gpu.token_ladder)
-    assert len(gpu.keys()) == 3 * len(shapes)
+    assert len(gpu.keys()) == 2 * len(gpu.seq_ladder) + 3 * len(gpu.token_ladder)  # decode: no prompt variant
     modes = {(k.mode, k.prompt_k) for k in gpu.keys()}
     assert (SamplerMode(True, False, 0), None) in modes and not any(m.gated for m, _ in modes)
 
@@ -96,3 +97,27 @@ def test_keys_are_ordered_small_first_and_describe_counts_them() -> None:
     assert keys[0].tokens * keys[0].width == min(k.tokens * k.width for k in keys)
     assert f"{len(keys)} step programs" in plan.describe()
     assert isinstance(keys[0], ProgramKey) and "decode" in keys[0].describe()
+
+
+@pytest.mark.parametrize("platform,backend", [("cpu", "reference"), ("gpu", "pallas_gpu")])
+def test_normalized_steps_land_on_planned_keys_and_keep_what_rows_asked(platform: str, backend: str) -> None:
+    from engine.step_input import empty_sampling, padding_input
+
+    plan = _plan(platform, backend)
+    keys = set(plan.keys())
+    t, s, w = plan.shapes(20, 3, 5, False)
+    built = padding_input(1, t, s, w).replace(max_query_len=16)
+    cases = [
+        (SamplerMode(True, False, 0), None, empty_sampling(s)),
+        (SamplerMode(True, False, 5), None, empty_sampling(s)),
+        (SamplerMode(False, True, 0), 2, empty_sampling(s, bias_width=4, history_width=32)),
+    ]
+    for mode, prompt_k, sampling in cases:
+        step = plan.normalize(built.replace(mode=mode, prompt_k=prompt_k, sampling=sampling))
+        assert plan.key_of(step) in keys
+        assert step.max_query_len == t
+        assert bool(step.sampling.wants_logprobs.all()) == bool(mode.num_logprobs)
+        assert (np.asarray(step.prompt_targets) == -1).all() == (prompt_k is None)
+        assert plan.key_of(plan.normalize(step)) == plan.key_of(step)  # normalizing twice changes nothing
+    decode = padding_input(1, 4, 4, w).replace(max_query_len=1, mode=SamplerMode(False, False, 1))
+    assert plan.key_of(plan.normalize(decode)) in keys

@@ -141,17 +141,6 @@ def test_llm_generate_compiles_nothing_and_a_second_start_loads_from_the_cache(t
     assert _offline_workload(second)[0] == tokens[0]  # greedy: the same tokens from the loaded programs
 
 
-def test_skip_warmup_compiles_on_first_use_without_the_guard() -> None:
-    from tests.tiny_models import tiny_engine
-
-    engine = tiny_engine(**SMALL_PLAN)
-    assert engine.compile_progress()[0] == 0
-    engine.add_request("r", [1, 2, 3], SamplingParams(temperature=0, max_tokens=2))
-    while engine.has_unfinished_requests():
-        engine.step()
-    assert engine.stats().num_late_compilations == 0  # not ready, so not a guard violation
-
-
 def test_a_bias_row_beyond_the_planned_width_is_refused(make_tiny_engine: Any) -> None:
     """logit_bias entries and, while min_tokens holds, the eos and stop ids share the sampler's
     fixed-width bias row: a request that would overflow it is refused at admission."""
