@@ -58,7 +58,9 @@ def build_step_input(batch: ScheduledBatch, slots: np.ndarray, store: BatchRows,
     rows = ranks * s_pad + index_in_replica
     cursors = ranks * t_pad + local_start
     samples = ends == num_tokens
+    # the device reads a replica's own slice of the sampled-token buffer: replica-local rows
     pending_rows = np.fromiter((s.pending_row for s in seqs), np.int64, b)
+    pending_rows = np.where(pending_rows >= 0, pending_rows % token_buffer_rows, -1)
     inp = dict(
         input_ids=np.zeros(dp * t_pad, np.int32), positions=np.zeros(dp * t_pad, np.int32),
         slot_mapping=np.full(dp * t_pad, -1, np.int32), prompt_targets=np.zeros(dp * t_pad, np.int32),

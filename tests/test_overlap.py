@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from engine import LLMEngine, SamplingParams
+from engine import EngineConfig, LLMEngine, SamplingParams
 
 SHARED = list(range(1000, 1040))  # a 40-token prefix (2.5 blocks of 16) several requests share
 
@@ -101,3 +101,50 @@ def test_preemption_under_a_tiny_kv_budget_is_identical(make_tiny_engine: Callab
         results[overlap] = _summary(_drive(engine, arrivals, {}))
         assert engine.stats().num_preemptions > 0
     assert results[True] == results[False]
+
+
+def _dp_outputs() -> dict[str, dict]:
+    """Worker (run with 2 CPU devices): dp=2 outputs with the overlap off and on."""
+    from pathlib import Path
+
+    from models.loaders import LoadedModel
+    from sharding import ModelSharding
+    from tests.test_sharding import host_params
+    from tests.tiny_models import run_to_completion, tiny_config
+
+    config = tiny_config(num_heads=8, num_kv_heads=4, head_dim=8)
+    results = {}
+    for overlap in (False, True):
+        sharding = ModelSharding.from_spec("dp=2")
+        engine = LLMEngine(EngineConfig(num_gpu_blocks_override=32, max_num_seqs=4, compilation_cache_dir=None,
+                                        async_scheduling=overlap),
+                           LoadedModel(config, host_params(config, sharding), None, "tiny", Path(".")), sharding)
+        for i, prompt in enumerate([[5, 6, 7, 8], [100, 101], [42] * 20]):
+            engine.add_request(str(i), prompt, SamplingParams(temperature=0, max_tokens=5, ignore_eos=True,
+                                                              n=2 if i == 0 else 1))
+        done = run_to_completion(engine)
+        results[str(overlap)] = {rid: [o.token_ids for o in out.outputs] for rid, out in done.items()}
+    return results
+
+
+def test_data_parallel_replicas_feed_their_own_pending_tokens() -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               PYTHONPATH=str(root))
+    proc = subprocess.run([sys.executable, "-m", "tests.test_overlap"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert results["True"] == results["False"]
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(_dp_outputs()))
