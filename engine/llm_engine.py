@@ -205,7 +205,8 @@ class LLMEngine:
         base_seed = params.seed if params.seed is not None else self._rng.getrandbits(32)
         seqs = [Sequence(request_id, i, ids, params, base_seed + i, max_tokens, arrival_time)
                 for i in range(params.n)]
-        checkers = [StopChecker(self.tokenizer if self.detokenize else None, ids, params, self.eos_token_ids) for _ in seqs]
+        tokenizer = self.tokenizer if self.detokenize else None
+        checkers = [StopChecker(tokenizer, ids, params, self.eos_token_ids) for _ in seqs]
         for child in seqs[1:]:  # the other samples share sample 0's prompt blocks once computed
             child.awaiting_fork = True
         seqs[0].forks = seqs[1:]

@@ -8,7 +8,8 @@ persistent cache) every program of its bucket plan and /health answers 503 "warm
 programs" until it is ready (``--skip-warmup``: programs compile when first used).
 SIGINT or SIGTERM drains every API server (past --graceful-shutdown-timeout each request still
 running ends with an error event and ``data: [DONE]``, or a 503), then stops the core, and exits 0.
-If the core dies, every API server answers 503 and exits 1, and so does this process. Children die with this process, whatever kills it.
+If the core dies, every API server answers 503 and exits 1, and so does this process. Children die
+with this process, whatever kills it.
 """
 
 from __future__ import annotations

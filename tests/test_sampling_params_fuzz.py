@@ -19,6 +19,7 @@ VOCAB = 256  # tests/tiny_models.py
 HOSTILE_INTS = st.sampled_from([-(2**70), -(2**31) - 1, -2, -1, 2**31, 2**40, 2**64, VOCAB, VOCAB - 1])
 HOSTILE_FLOATS = st.sampled_from([float("nan"), float("inf"), -float("inf"), -1e30, 1e30, 1e-40, -0.0])
 JUNK = st.sampled_from([None, "1", [1], {"a": 1}, True, 1.5, b"x"])
+HASHABLE_JUNK = st.sampled_from([None, "1", True, 1.5, b"x"])  # junk that can be a dict key
 
 
 def _mostly(valid: st.SearchStrategy[Any], hostile: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -44,7 +45,8 @@ FIELDS = {
     "presence_penalty": _float(-2.0, 2.0),
     "frequency_penalty": _float(-2.0, 2.0),
     "repetition_penalty": _float(0.01, 3.0),
-    "logit_bias": st.one_of(st.none(), _mostly(st.dictionaries(_int(0, VOCAB - 1), _float(-100, 100), max_size=4),
+    "logit_bias": st.one_of(st.none(), _mostly(st.dictionaries(
+        _mostly(st.integers(0, VOCAB - 1), st.one_of(HOSTILE_INTS, HASHABLE_JUNK)), _float(-100, 100), max_size=4),
                                                JUNK)),
     "max_tokens": _int(1, 3),
     "min_tokens": _int(0, 3),
