@@ -34,6 +34,7 @@ from engine.structured_output import (
     apply_bitmask,
     fill_bitmasks,
 )
+from engine.structured_output.grammar_compiler import MASK_SLICES
 
 LLAMA3_VOCAB = 128256
 
@@ -88,7 +89,7 @@ def synthetic_tokenizer(base: Any, vocab_size: int, seed: int = 0) -> llguidance
     (with or without its leading space) followed by a word piece, which is how real vocabularies
     grow (Llama 3's extra tokens are mostly longer and multilingual words). Text is encoded with
     the base tokenizer (a valid tokenization in the larger vocabulary)."""
-    base_ll = llguidance.hf.from_tokenizer(base.hf, eos_token=sorted(base.eos_token_ids))
+    base_ll = llguidance.hf.from_tokenizer(base.hf, eos_token=sorted(base.eos_token_ids), slices=[])
     specials = [i for i in range(base.vocab_size) if base_ll.is_special_token(i)]
     tokens = [base_ll.decode_bytes([i]) if i not in specials else base.hf.convert_ids_to_tokens(i).encode()
               for i in range(base.vocab_size)]
@@ -110,7 +111,7 @@ def synthetic_tokenizer(base: Any, vocab_size: int, seed: int = 0) -> llguidance
             return base.encode(text.decode("utf-8", errors="replace"), add_special_tokens=False)
 
     Wrapped.tokens = tokens  # type: ignore[attr-defined]
-    return llguidance.LLTokenizer(llguidance.TokenizerWrapper(Wrapped()))
+    return llguidance.LLTokenizer(llguidance.TokenizerWrapper(Wrapped()), slices=MASK_SLICES)
 
 
 def host_costs(ll_tokenizer: llguidance.LLTokenizer, encode: Any, batch: int, steps: int) -> dict[str, float]:
@@ -187,7 +188,7 @@ def main() -> None:
         return base.encode(text, add_special_tokens=False)
 
     t0 = time.perf_counter()
-    smollm = llguidance.hf.from_tokenizer(base.hf, eos_token=sorted(base.eos_token_ids))
+    smollm = llguidance.hf.from_tokenizer(base.hf, eos_token=sorted(base.eos_token_ids), slices=MASK_SLICES)
     print(json.dumps({"part": "tokenizer_index", "vocab": smollm.vocab_size, "ms": (time.perf_counter() - t0) * 1e3}))
     print(json.dumps({"part": "host_mask", "tokenizer": "smollm2", **host_costs(smollm, encode, args.batch,
                                                                                 args.steps)}))

@@ -161,17 +161,21 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     one_device = next((r for r in done if r["devices"] == 1), None)
     fig, (left, right) = plt.subplots(1, 2, figsize=(max(9, 1.5 * len(done) + 4), 4.8))
     x = list(range(len(done)))
-    left.bar(x, [r["output_tokens_per_s"] for r in done], color="tab:blue")
-    left.set_ylabel("output tokens / s")
-    left.set_title("offline throughput")
-    right.bar(x, [r["batch1_ms_per_token"] for r in done], color="tab:orange")
-    right.set_ylabel("ms per output token")
-    right.set_title("batch-1 decode latency")
+    for axis, key, color, label, heading in (
+        (left, "output_tokens_per_s", "tab:blue", "output tokens / s", "offline throughput"),
+        (right, "batch1_ms_per_token", "tab:orange", "ms per output token", "batch-1 decode latency"),
+    ):
+        values = [r[key] for r in done]
+        bars = axis.bar(x, values, color=color)
+        axis.bar_label(bars, fmt="%.3g", fontsize=8)
+        axis.set_ylim(0, 1.25 * max(values, default=1))  # room for the labels and the legend
+        axis.set_ylabel(label)
+        axis.set_title(heading)
     if one_device is not None:
         for axis, key in ((left, "output_tokens_per_s"), (right, "batch1_ms_per_token")):
             axis.axhline(one_device[key], color="black", linestyle="--", linewidth=1,
                          label=f"one device ({one_device['mesh']}, {one_device['rules']})")
-            axis.legend(fontsize=8)
+            axis.legend(fontsize=8, loc="upper left")
     for axis in (left, right):
         axis.set_xticks(x, labels)
         axis.tick_params(axis="x", labelsize=8)

@@ -80,7 +80,7 @@ def build_parser(prog: str = "python -m engine.serve") -> argparse.ArgumentParse
     engine.add_argument("--max-num-seqs", type=int, default=256, metavar="N",
                         help="most sequences in one batch (default: %(default)s)")
     engine.add_argument("--max-num-batched-tokens", type=human_int, metavar="TOKENS",
-                        help="most tokens in one step (default: 2048 with chunked prefill)")
+                        help="most tokens in one step (default with chunked prefill: 512 on CPU, 2048 elsewhere)")
     engine.add_argument("--gpu-memory-utilization", type=float, default=0.9, metavar="FRACTION",
                         help="fraction of accelerator memory for weights, activations and KV cache "
                              "(default: %(default)s)")
@@ -94,6 +94,9 @@ def build_parser(prog: str = "python -m engine.serve") -> argparse.ArgumentParse
                         help="split long prompts across steps (default: on)")
     engine.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
                         help="reuse the KV blocks of a shared prompt prefix (default: on)")
+    engine.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=True,
+                        help="overlap: launch the next step before the last one's tokens reach the host "
+                             "(default: on; --no-async-scheduling waits for every step)")
     engine.add_argument("--attention-backend", metavar="NAME",
                         help="attention implementation; default: the best for the device")
     engine.add_argument("--mesh", type=mesh_spec, metavar="SPEC", help="device mesh, e.g. 'tp=4' or 'dp=2,tp=2'")
@@ -200,7 +203,8 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size,
         gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_memory_bytes=args.kv_cache_memory,
         num_gpu_blocks_override=args.num_gpu_blocks_override, enable_chunked_prefill=args.enable_chunked_prefill,
-        enable_prefix_caching=args.enable_prefix_caching, attention_backend=args.attention_backend, mesh=args.mesh,
+        enable_prefix_caching=args.enable_prefix_caching, async_scheduling=args.async_scheduling,
+        attention_backend=args.attention_backend, mesh=args.mesh,
         sharding_rules=args.sharding_rules,
     )
 

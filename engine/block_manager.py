@@ -85,9 +85,11 @@ class BlockManager:
             private = self._take_free_block()
             self.ref_counts[shared] -= 1
             seq.block_table[index] = private
+            seq.table_changed_from(index)
             copies.append((shared, private))
             self.num_copies += 1
         total = seq.num_computed_tokens + num_new_tokens
+        seq.table_changed_from(len(seq.block_table))
         while len(seq.block_table) * self.block_size < total:
             seq.block_table.append(self._take_free_block())
         return copies
@@ -100,6 +102,7 @@ class BlockManager:
             if self.ref_counts[block] == 0:
                 self.free_blocks[block] = None
         seq.block_table = []
+        seq.table_changed_from(0)
         seq.block_hashes = []
         seq.kv_present_tokens = 0
 
@@ -107,6 +110,7 @@ class BlockManager:
         """Gives ``child`` the parent's prompt blocks (shared) with their KV already present."""
         prompt = parent.num_prompt_tokens
         child.block_table = parent.block_table[: -(-prompt // self.block_size)]
+        child.table_changed_from(0)
         for block in child.block_table:
             self._hold(block)
         child.block_hashes = parent.block_hashes[: prompt // self.block_size]
@@ -127,6 +131,7 @@ class BlockManager:
         for block in blocks:
             self._hold(block)
         seq.block_table = list(blocks)
+        seq.table_changed_from(0)
         seq.block_hashes = [self.block_keys[b][0] for b in blocks]
         cached = len(blocks) * self.block_size
         seq.kv_present_tokens = cached

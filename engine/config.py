@@ -1,10 +1,39 @@
-"""Engine settings, with vLLM's names and defaults where they exist."""
+"""Engine settings, with vLLM's names and defaults where they exist.
+
+Some defaults depend on the platform: a field left ``None`` takes its platform's value from
+``PLATFORM_DEFAULTS`` when the engine starts (``with_platform_defaults``), so ``make serve`` on
+a laptop CPU gets CPU-sized steps without any flag. docs/cpu.md says how the CPU values were
+chosen.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class PlatformDefaults:
+    """What unset fields become on one platform (``None``: the engine's generic default)."""
+
+    max_num_batched_tokens: int | None = None  # applied with chunked prefill only
+    # Padded sizes a step may take below the limits (max_num_batched_tokens, max_num_seqs),
+    # which the bucket plan adds itself. None: the plan's own ladder.
+    token_bucket_ladder: tuple[int, ...] | None = None
+    seq_bucket_ladder: tuple[int, ...] | None = None
+
+
+# On a CPU a program's cost is its padded work (compute-bound matmuls), compiling one takes
+# seconds, and steps are long, so: chunks of 512 tokens (a 2,048-token step pads up to 2x
+# more and stalls decodes for seconds), a doubling token ladder from 64, a coarse sequence
+# ladder (a decode's matmuls cost nearly the same at 8 or 32 rows: weight reads dominate).
+CPU_DEFAULTS = PlatformDefaults(
+    max_num_batched_tokens=512,
+    token_bucket_ladder=(64, 128, 256),
+    seq_bucket_ladder=(8, 32, 64, 128),
+)
+PLATFORM_DEFAULTS = {"cpu": CPU_DEFAULTS}
 
 
 @dataclasses.dataclass
@@ -34,6 +63,20 @@ class EngineConfig:
         )
     )
     use_checkpoint_cache: bool = True
+    async_scheduling: bool = True  # overlap: launch step N+1 before step N's tokens reach the host
+    token_bucket_ladder: tuple[int, ...] | None = None  # see PlatformDefaults
+    seq_bucket_ladder: tuple[int, ...] | None = None
+
+    def with_platform_defaults(self, platform: str) -> EngineConfig:
+        """A copy whose unset fields take ``platform``'s defaults (``jax.default_backend()``)."""
+        defaults = PLATFORM_DEFAULTS.get(platform)
+        if defaults is None:
+            return dataclasses.replace(self)
+        unset = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(defaults)
+                 if getattr(self, f.name) is None}
+        if not self.enable_chunked_prefill:  # then a step must hold a whole prompt
+            unset.pop("max_num_batched_tokens")
+        return dataclasses.replace(self, **unset)
 
     def mesh_spec(self) -> str | None:
         """The mesh to build: ``mesh`` and the vLLM-style sizes combined (an error if they disagree)."""

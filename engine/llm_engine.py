@@ -12,13 +12,15 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
+import jax
+
 from engine.block_manager import BlockManager
 from engine.compilation import compilation_count, enable_persistent_cache, install_counter
 from engine.config import EngineConfig
-from engine.model_runner import ModelRunner, StepOutput
+from engine.model_runner import InFlightStep, ModelRunner, StepOutput
 from engine.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
 from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler
+from engine.scheduler import ScheduledBatch, Scheduler
 from engine.sequence import Sequence
 from engine.stop_checker import StopChecker
 from models.loaders import LoadedModel, load_model
@@ -64,6 +66,7 @@ class RequestState:
 class LLMEngine:
     def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None,
                  sharding: ModelSharding | None = None) -> None:
+        config = config.with_platform_defaults(jax.default_backend())
         config.validate()
         install_counter()
         enable_persistent_cache(config.compilation_cache_dir)
@@ -138,6 +141,7 @@ class LLMEngine:
         self.generation_tokens_total = 0
         self.last_step_total_s = 0.0
         self.last_step_device_wait_s = 0.0
+        self._in_flight: tuple[ScheduledBatch, InFlightStep] | None = None  # launched, not yet read back
 
     # ---- requests -------------------------------------------------------------------------
     def encode_prompt(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
@@ -204,24 +208,81 @@ class LLMEngine:
         return True
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or self._in_flight is not None
 
     # ---- the step -------------------------------------------------------------------------
     def step(self, final_only: bool = False) -> list[RequestOutput]:
         """Runs one scheduled step; returns outputs of requests that got tokens (``final_only``:
-        of requests that finished, which spares offline batches a per-token output object)."""
+        of requests that finished, which spares offline batches a per-token output object).
+
+        With ``async_scheduling`` (the overlap) the step scheduled here is launched before the
+        previous step's tokens are read back, and the outputs returned are the previous step's:
+        the host's work for step N runs while the device computes step N+1.
+        """
         started = time.perf_counter()
         batch = self.scheduler.schedule()
-        if not batch:
-            return []
-        out = self.runner.execute(batch, self.eos_token_ids)
+        outputs: list[RequestOutput] = []
+        launched = self._launch(batch, outputs) if batch else None
+        if self.config.async_scheduling:
+            previous, self._in_flight = self._in_flight, None
+            if previous is not None:
+                outputs += self._process(previous, final_only)
+            if launched is not None:
+                self._complete(launched)
+                self._in_flight = launched
+        elif launched is not None:
+            self._complete(launched)
+            outputs += self._process(launched, final_only)
+        self.last_step_total_s = time.perf_counter() - started
+        self.last_step_device_wait_s = self.runner.last_device_wait_s
+        return outputs
+
+    def _launch(self, batch: ScheduledBatch, outputs: list[RequestOutput]
+                ) -> tuple[ScheduledBatch, InFlightStep] | None:
+        """Dispatches the batch; a request whose row could not be placed ends with an error output."""
+        batch, in_flight, failed = self.runner.dispatch(batch, self.eos_token_ids)
+        for seq, error in failed:
+            outputs.extend(self._fail_request(seq.request_id, error))
+        if in_flight is None:
+            return None
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             self.prompt_tokens_total += max(0, min(n, seq.num_prompt_tokens - seq.num_computed_tokens))
+        return batch, in_flight
+
+    def _fail_request(self, request_id: str, error: Exception) -> list[RequestOutput]:
+        """Ends every sample of one request with finish_reason "error"; the others go on."""
+        state = self.requests.pop(request_id, None)
+        if state is None:
+            return []
+        logger.warning("request %s failed while its step input was built: %r", request_id, error)
+        for seq in state.seqs:
+            if not seq.is_finished:
+                seq.finish_reason = "error"
+                self.scheduler.finish(seq)
+        return [self._request_output(state)]
+
+    def _complete(self, launched: tuple[ScheduledBatch, InFlightStep]) -> None:
+        """Counts the launched step's tokens as computed; its samples become pending tokens.
+
+        Runs once every token it fed is known on the host (registration hashes them), and
+        skips sequences that ended meanwhile (their blocks are already free).
+        """
+        batch, in_flight = launched
         self.scheduler.complete(batch)
+        built = in_flight.built
+        for seq, takes, row in zip(batch.seqs, built.samples, built.token_rows):
+            if takes and not seq.is_finished:
+                seq.mark_pending(int(row))
+
+    def _process(self, launched: tuple[ScheduledBatch, InFlightStep], final_only: bool) -> list[RequestOutput]:
+        """Reads a step's results back: appends tokens, checks stops, makes outputs. A token
+        sampled for a sequence that ended meanwhile (found one step late, or aborted) is dropped."""
+        batch, in_flight = launched
+        out = self.runner.fetch(in_flight)
         touched: dict[str, RequestState] = {}
         for row, seq in enumerate(batch.seqs):
             state = self.requests.get(seq.request_id)
-            if state is None:
+            if state is None or seq.is_finished:
                 continue
             if row in out.prompt:
                 self._record_prompt_logprobs(seq, out.prompt[row])
@@ -235,13 +296,11 @@ class LLMEngine:
                 outputs.append(self._request_output(state))
             if finished:
                 del self.requests[state.request_id]
-        self.last_step_total_s = time.perf_counter() - started
-        self.last_step_device_wait_s = self.runner.last_device_wait_s
         return outputs
 
     def _append_token(self, state: RequestState, seq: Sequence, row: int, out: StepOutput) -> None:
         token = int(out.tokens[row])
-        seq.token_ids.append(token)
+        seq.resolve_pending(token)
         self.generation_tokens_total += 1
         if seq.first_token_time is None:
             seq.first_token_time = time.monotonic()
@@ -258,10 +317,13 @@ class LLMEngine:
 
     def _position_logprobs(self, token: int, logprob: Any, rank: Any, top_values: Any, top_ids: Any,
                            k: int) -> PositionLogprobs:
-        """The chosen token's logprob and rank, then the top-k alternatives by rank."""
-        entry: PositionLogprobs = {token: Logprob(float(logprob), int(rank), self._token_text(token))}
-        for r, (value, tid) in enumerate(zip(top_values[:k], top_ids[:k]), start=1):
-            entry.setdefault(int(tid), Logprob(float(value), r, self._token_text(int(tid))))
+        """The chosen token's logprob and rank, then the top-k alternatives by rank (their texts
+        decoded in one call)."""
+        ids = [token, *(int(t) for t in top_ids[:k])]
+        texts = self.tokenizer.decode_each(ids) if self.tokenizer is not None and self.detokenize else [None] * len(ids)
+        entry: PositionLogprobs = {token: Logprob(float(logprob), int(rank), texts[0])}
+        for r, (value, tid, text) in enumerate(zip(top_values[:k], ids[1:], texts[1:]), start=1):
+            entry.setdefault(tid, Logprob(float(value), r, text))
         return entry
 
     def _record_prompt_logprobs(self, seq: Sequence, data: tuple[Any, ...]) -> None:
@@ -274,11 +336,6 @@ class LLMEngine:
             seq.prompt_logprobs.append(self._position_logprobs(
                 seq.token_ids[start + 1 + i], lps[i], ranks[i], top_values[i], top_ids[i],
                 seq.params.prompt_logprobs or 0))
-
-    def _token_text(self, token: int) -> str | None:
-        if self.tokenizer is None or not self.detokenize:
-            return None
-        return self.tokenizer.decode([token], skip_special_tokens=False)
 
     def _request_output(self, state: RequestState) -> RequestOutput:
         outputs = []

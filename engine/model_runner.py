@@ -4,6 +4,10 @@ into padded device arrays and back into sampled tokens.
 Each bucket (padded token count, sequence count, block-table width, sampler mode) is one
 compiled program. The cache is donated to the step, so it is updated in place.
 
+``dispatch`` launches a step and returns without waiting; ``fetch`` waits for it. Each step
+also leaves its sampled tokens on the device in a fixed-size buffer, which the next step reads
+for rows whose input token the host has not seen yet (the overlap in llm_engine.py).
+
 With a ``ModelSharding`` the step is jitted with explicit in/out shardings over its mesh; with
 dp replicas every input is laid out as ``dp`` equal slices, slice ``r`` holding replica
 ``r``'s sequences with block ids local to its part of the pool (sharding/data_parallel.py).
@@ -14,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -22,14 +25,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from engine.batch_rows import BatchRows
 from engine.compilation import compilation_count
-from engine.sampler import SamplerMode, SamplingTensors, pow2_at_least, sample, token_logprobs
+from engine.input_builder import BuiltStep, build_step_input
+from engine.sampler import pow2_at_least, sample, token_logprobs
 from engine.scheduler import ScheduledBatch
 from engine.sequence import Sequence
+from engine.step_input import PENDING_TOKEN, StepInput, padding_input
 from models.config import ModelConfig
 from models.llama import CausalLM
 from models.registry import build_model
-from ops.attention import AttentionMetadata
 from sharding.data_parallel import DataParallelBatch
 from sharding.multihost import StepChannel
 
@@ -53,8 +58,10 @@ class StepOutput:
     prompt: dict[int, tuple[np.ndarray, ...]] = dataclasses.field(default_factory=dict)  # row -> arrays
 
 
-def _logprob_width(requested: int) -> int:
-    return 1 if requested <= 1 else (5 if requested <= 5 else 20)
+@dataclasses.dataclass
+class InFlightStep:
+    built: BuiltStep
+    out: dict[str, jax.Array]  # device arrays, possibly still being computed
 
 
 class ModelRunner:
@@ -90,6 +97,8 @@ class ModelRunner:
             config.num_layers * 2 * block_size * config.num_kv_heads * config.head_dim
             * jnp.dtype(config.jnp_dtype).itemsize
         )
+        self.token_buffer_rows = pow2_at_least(max_num_seqs, 4)  # per replica: >= any padded sequence count
+        self.batch_rows = BatchRows(2 * self.dp * self.token_buffer_rows, self.max_blocks_per_seq)
         self._step = self._jit_step()
         self.last_device_wait_s = 0.0
         blocks = num_blocks or self._blocks_for_memory(kv_cache_memory_bytes, gpu_memory_utilization)
@@ -97,19 +106,29 @@ class ModelRunner:
         if self.num_blocks < self.dp:
             raise ValueError(f"{blocks} KV blocks cannot be split over {self.dp} data-parallel replicas")
         self.kv_caches = self._allocate_cache()
+        self._sampled_tokens = self._allocate_token_buffer()
         self._settle_cache()
         multi_process = sharding is not None and jax.process_count() > 1
         self.step_channel = StepChannel(self._dummy_inputs(1, 1, 1)) if multi_process else None
 
     def _jit_step(self) -> Any:
-        static = dict(static_argnums=(8, 9), donate_argnums=(1,))  # (mode, prompt_k); positional for in_shardings
+        """``step(params, kv_caches, inputs, sampled_tokens) -> (kv_caches, sampled_tokens, outputs)``.
+
+        The caches are donated; the StepInput's meta fields are part of its pytree structure,
+        so each (shapes, meta) is its own program with no static arguments.
+        """
         if self.sharding is None:
-            return jax.jit(self._step_impl, **static)
+            return jax.jit(self._step_impl, donate_argnums=(1,))
         params = jax.tree.map(lambda a: a.sharding, self.params)
         caches = [(self.sharding.kv_cache_sharding(),) * 2] * self.config.num_layers
-        inputs = [self.sharding.batch_sharding()] * 6
-        return jax.jit(self._step_impl, in_shardings=(params, caches, *inputs),
-                       out_shardings=(caches, self.sharding.replicated()), **static)
+        batch = self.sharding.batch_sharding()
+        return jax.jit(self._step_impl, donate_argnums=(1,), in_shardings=(params, caches, batch, batch),
+                       out_shardings=(caches, batch, self.sharding.replicated()))
+
+    def _allocate_token_buffer(self) -> jax.Array:
+        shape = (self.dp * self.token_buffer_rows,)
+        out_sharding = self.sharding.batch_sharding() if self.sharding is not None else None
+        return jax.jit(lambda: jnp.zeros(shape, jnp.int32), out_shardings=out_sharding)()
 
     # ---- KV cache -------------------------------------------------------------------------
     def _blocks_for_memory(self, kv_bytes: int | None, utilization: float) -> int:
@@ -141,8 +160,9 @@ class ModelRunner:
         cache = jax.ShapeDtypeStruct((self.dp, self.block_size, self.config.num_kv_heads, self.config.head_dim),
                                      self.config.jnp_dtype)
         caches = [(cache, cache)] * self.config.num_layers
-        args = self._dummy_inputs(tokens, min(tokens, pow2_at_least(self.max_num_seqs)), 1)
-        compiled = self._step.lower(self.params, caches, *args, SamplerMode(True, False, 0), None).compile()
+        inputs = self._dummy_inputs(tokens, min(tokens, pow2_at_least(self.max_num_seqs)), 1)
+        sampled = jax.ShapeDtypeStruct((self.dp * self.token_buffer_rows,), jnp.int32)
+        compiled = self._step.lower(self.params, caches, inputs, sampled).compile()
         analysis = compiled.memory_analysis()
         return int(getattr(analysis, "temp_size_in_bytes", 0)) if analysis is not None else 0
 
@@ -165,7 +185,7 @@ class ModelRunner:
         on, so without this the first bucket used would be compiled a second time later on.
         """
         tokens, seqs, width = self._buckets(1, 1, 1, decode_only=True)
-        jax.block_until_ready(self.run_step(self._dummy_inputs(tokens, seqs, width), SamplerMode(True, False, 0), None))
+        jax.block_until_ready(self.run_step(self._dummy_inputs(tokens, seqs, width)))
 
     def kv_cache_summary(self) -> str:
         tokens = self.num_blocks * self.block_size
@@ -176,53 +196,40 @@ class ModelRunner:
         )
 
     # ---- the jitted step -----------------------------------------------------------------
-    def _step_impl(
-        self,
-        params: dict[str, Any],
-        kv_caches: KVCaches,
-        input_ids: jax.Array,
-        positions: jax.Array,
-        md: AttentionMetadata,
-        logits_indices: jax.Array,
-        sampling: SamplingTensors,
-        prompt_targets: jax.Array,
-        mode: SamplerMode,
-        prompt_k: int | None,
-    ) -> tuple[KVCaches, dict[str, jax.Array]]:
-        forward = functools.partial(self._forward, mode=mode, prompt_k=prompt_k)
+    def _step_impl(self, params: dict[str, Any], kv_caches: KVCaches, inputs: StepInput,
+                   sampled_tokens: jax.Array) -> tuple[KVCaches, jax.Array, dict[str, jax.Array]]:
+        forward = self._forward
         if self.sharding is not None:
             forward = self.sharding.per_replica(forward)
-        return forward(params, kv_caches, input_ids, positions, md, logits_indices, sampling, prompt_targets)
+        kv_caches, sampled_tokens, out = forward(params, kv_caches, inputs, sampled_tokens)
+        return kv_caches, sampled_tokens, out
 
-    def _forward(
-        self,
-        params: dict[str, Any],
-        kv_caches: KVCaches,
-        input_ids: jax.Array,
-        positions: jax.Array,
-        md: AttentionMetadata,
-        logits_indices: jax.Array,
-        sampling: SamplingTensors,
-        prompt_targets: jax.Array,
-        *,
-        mode: SamplerMode,
-        prompt_k: int | None,
-    ) -> tuple[KVCaches, dict[str, jax.Array]]:
+    def _forward(self, params: dict[str, Any], kv_caches: KVCaches, inputs: StepInput,
+                 prev_tokens: jax.Array) -> tuple[KVCaches, jax.Array, dict[str, jax.Array]]:
+        """One replica's step. ``prev_tokens``: the previous step's sampled tokens, still on device."""
         variables = {"params": params}
-        hidden, kv_caches = self.model.apply(variables, input_ids, positions, kv_caches, md)
-        logits = self.model.apply(variables, hidden[logits_indices], method=CausalLM.logits)
-        tokens, logprobs = sample(logits, sampling, mode)
+        input_ids = _take_previous(inputs.input_ids, inputs.prev_token_index, prev_tokens)
+        hidden, kv_caches = self.model.apply(variables, input_ids, inputs.positions, kv_caches, inputs.attention())
+        logits = self.model.apply(variables, hidden[inputs.logits_indices], method=CausalLM.logits)
+        sampling = inputs.sampling
+        if sampling.history.shape[1]:
+            pending = _take_previous(sampling.history[:, 0], inputs.sample_prev_index, prev_tokens)
+            sampling = sampling.replace(
+                history=jnp.where(sampling.history == PENDING_TOKEN, pending[:, None], sampling.history))
+        tokens, logprobs = sample(logits, sampling, inputs.mode)
         out = {"tokens": tokens}
         if logprobs is not None:
             out.update(zip(("logprob", "rank", "top_logprobs", "top_ids"), logprobs))
-        if prompt_k is not None:
+        if inputs.prompt_k is not None:
             all_logits = self.model.apply(variables, hidden, method=CausalLM.logits)
-            lp, rank, tv, ti = token_logprobs(all_logits, prompt_targets, prompt_k)
+            lp, rank, tv, ti = token_logprobs(all_logits, inputs.prompt_targets, inputs.prompt_k)
             out.update(prompt_logprob=lp, prompt_rank=rank, prompt_top_logprobs=tv, prompt_top_ids=ti)
-        return kv_caches, out
+        sampled = jnp.pad(tokens, (0, prev_tokens.shape[0] - tokens.shape[0]))  # a fixed-size buffer
+        return kv_caches, sampled, out
 
     # ---- host-side batch preparation -------------------------------------------------------
     def _buckets(self, num_tokens: int, num_seqs: int, widest: int, decode_only: bool) -> tuple[int, int, int]:
+        """The padded (tokens, sequences, block-table width) per replica: the only shape choice."""
         seqs = pow2_at_least(num_seqs, 4)
         tokens = seqs if decode_only else pow2_at_least(num_tokens, 16)
         if self.attention_backend == "reference":
@@ -231,122 +238,59 @@ class ModelRunner:
             width = self.max_blocks_per_seq
         return tokens, seqs, width
 
-    def _dummy_inputs(self, tokens: int, seqs: int, width: int) -> tuple[Any, ...]:
+    def _dummy_inputs(self, tokens: int, seqs: int, width: int) -> StepInput:
         """Padding-only step inputs with ``tokens`` and ``seqs`` rows per dp replica."""
-        all_tokens, all_seqs = self.dp * tokens, self.dp * seqs
-        md = AttentionMetadata(
-            slot_mapping=np.full(all_tokens, -1, np.int32), block_tables=np.zeros((all_seqs, width), np.int32),
-            seq_lens=np.zeros(all_seqs, np.int32), query_start_loc=np.zeros(self.dp * (seqs + 1), np.int32),
-            max_query_len=tokens,
-        )
-        sampling = _sampling_arrays([], all_seqs, 0, 0)
-        return (np.zeros(all_tokens, np.int32), np.zeros(all_tokens, np.int32), md, np.zeros(all_seqs, np.int32),
-                sampling, np.zeros(all_tokens, np.int32))
+        return padding_input(self.dp, tokens, seqs, width)
 
-    def execute(self, batch: ScheduledBatch, eos_ids: frozenset[int]) -> StepOutput:
-        seqs, counts = batch.seqs, batch.num_new_tokens
-        ranks = batch.dp_ranks if isinstance(batch, DataParallelBatch) else [0] * len(seqs)
-        decode_only = all(n == 1 for n in counts)
-        widest = max(-(-(s.num_computed_tokens + n) // self.block_size) for s, n in zip(seqs, counts))
-        tokens_of, seqs_of = [0] * self.dp, [0] * self.dp
-        for rank, n in zip(ranks, counts):
-            tokens_of[rank] += n
-            seqs_of[rank] += 1
-        t_pad, s_pad, width = self._buckets(max(tokens_of), max(seqs_of), widest, decode_only)
-        bs, dp = self.block_size, self.dp
-        input_ids = np.zeros(dp * t_pad, np.int32)
-        positions = np.zeros(dp * t_pad, np.int32)
-        slots = np.full(dp * t_pad, -1, np.int32)
-        prompt_targets = np.zeros(dp * t_pad, np.int32)
-        block_tables = np.zeros((dp * s_pad, width), np.int32)
-        seq_lens = np.zeros(dp * s_pad, np.int32)
-        qsl = np.zeros(dp * (s_pad + 1), np.int32)
-        logits_indices = np.zeros(dp * s_pad, np.int32)
-        samples = np.zeros(len(seqs), bool)
-        rows = np.zeros(len(seqs), np.int64)  # each sequence's row in the padded, replica-sliced layout
-        placed: list[tuple[Sequence | None, bool]] = [(None, False)] * (dp * s_pad)
-        prompt_rows: dict[int, tuple[int, int, int]] = {}
-        prompt_k = -1
-        filled = [0] * dp
-        local = [0] * dp  # next token offset within each replica's slice
-        for i, (seq, n, rank) in enumerate(zip(seqs, counts, ranks)):
-            start = seq.num_computed_tokens
-            end = start + n
-            j, cursor = filled[rank], rank * t_pad + local[rank]
-            rows[i] = row = rank * s_pad + j
-            table = seq.block_table
-            # Positions whose KV is already cached (a reused prefix, a forked prompt) are not
-            # rewritten: another sequence may be reading that block.
-            if n == 1:  # decode: plain ints are several times cheaper than numpy on one element
-                input_ids[cursor] = seq.token_ids[start]
-                positions[cursor] = start
-                if start >= seq.kv_present_tokens:
-                    slots[cursor] = table[start // bs] * bs + start % bs
-            else:
-                pos = np.arange(start, end, dtype=np.int32)
-                input_ids[cursor : cursor + n] = seq.token_ids[start:end]
-                positions[cursor : cursor + n] = pos
-                slot = np.asarray(table, np.int32)[pos // bs] * bs + pos % bs
-                slots[cursor : cursor + n] = np.where(pos < seq.kv_present_tokens, -1, slot)
-            block_tables[row, : len(table)] = table
-            seq_lens[row] = end
-            qsl[rank * (s_pad + 1) + j + 1] = local[rank] + n
-            logits_indices[row] = local[rank] + n - 1
-            samples[i] = end == seq.num_tokens
-            placed[row] = (seq, bool(samples[i]))
-            if seq.wants_prompt_logprobs() and start < seq.num_prompt_tokens:
-                last = min(end, seq.num_prompt_tokens - 1)
-                targets = seq.token_ids[start + 1 : last + 1]
-                prompt_targets[cursor : cursor + len(targets)] = targets
-                prompt_rows[i] = (cursor, start, len(targets))
-                prompt_k = max(prompt_k, seq.params.prompt_logprobs or 0)
-            filled[rank] += 1
-            local[rank] += n
-        for rank in range(dp):
-            qsl[rank * (s_pad + 1) + filled[rank] + 1 : (rank + 1) * (s_pad + 1)] = local[rank]
-        md = AttentionMetadata(slot_mapping=slots, block_tables=block_tables, seq_lens=seq_lens,
-                               query_start_loc=qsl,
-                               max_query_len=1 if decode_only else min(t_pad, pow2_at_least(max(counts), 16)))
-        sampling_seqs = [s for s, take in zip(seqs, samples) if take]
-        mode = SamplerMode(
-            all_greedy=all(s.params.greedy for s in sampling_seqs),
-            use_filters=any(s.params.uses_filters for s in sampling_seqs),
-            num_logprobs=_logprob_width(max((s.params.logprobs for s in sampling_seqs
-                                             if s.params.logprobs is not None), default=-1))
-            if any(s.params.logprobs is not None for s in sampling_seqs) else 0,
-        )
-        bias_width, history_width = _side_widths(seqs, samples, eos_ids)
-        sampling = _sampling_arrays(placed, dp * s_pad, bias_width, history_width, eos_ids)
-        inputs = (input_ids, positions, md, logits_indices, sampling, prompt_targets)
-        prompt_width = _logprob_width(prompt_k) if prompt_k >= 0 else None
+    def dispatch(self, batch: ScheduledBatch, eos_ids: frozenset[int]
+                 ) -> tuple[ScheduledBatch, InFlightStep | None, list[tuple[Sequence, Exception]]]:
+        """Builds the step's inputs and launches it (copy-on-write copies first); returns at once.
+
+        A sequence whose row cannot be placed is left out and reported (it fails alone); the
+        batch returned is the one launched, None when nothing was left to launch.
+        """
+        slots, failed = self.batch_rows.place(batch.seqs)
+        if failed:
+            batch, slots = _without_failed(batch, slots)
         if batch.copies:
             if self.step_channel is not None:
                 self.step_channel.send_copies(batch.copies)
             self.copy_blocks(batch.copies)
+        if not batch.seqs:
+            return batch, None, failed
+        built = build_step_input(batch, slots, self.batch_rows, self._buckets, self.block_size, self.dp,
+                                 self.token_buffer_rows, eos_ids)
         if self.step_channel is not None:
-            self.step_channel.send_step(inputs, mode, prompt_width)
-        out = self.run_step(inputs, mode, prompt_width)
-        dispatched = time.perf_counter()
-        host = jax.device_get(out)
-        self.last_device_wait_s = time.perf_counter() - dispatched
-        result = StepOutput(tokens=host["tokens"][rows], samples=samples)
-        if mode.num_logprobs:
+            self.step_channel.send_step(built.inputs)
+        return batch, InFlightStep(built, self.run_step(built.inputs)), failed
+
+    def fetch(self, step: InFlightStep) -> StepOutput:
+        """Waits for a dispatched step and brings its sampled tokens (and logprobs) to the host."""
+        waited = time.perf_counter()
+        host = jax.device_get(step.out)
+        self.last_device_wait_s = time.perf_counter() - waited
+        built = step.built
+        rows = built.rows
+        result = StepOutput(tokens=host["tokens"][rows], samples=built.samples)
+        if built.inputs.mode.num_logprobs:
             result.logprob = host["logprob"][rows]
             result.rank = host["rank"][rows]
             result.top_logprobs = host["top_logprobs"][rows]
             result.top_ids = host["top_ids"][rows]
-        for row, (cursor, start, count) in prompt_rows.items():
+        for row, (cursor, start, count) in built.prompt_rows.items():
             window = slice(cursor, cursor + count)
             result.prompt[row] = (start, host["prompt_logprob"][window], host["prompt_rank"][window],
                                   host["prompt_top_logprobs"][window], host["prompt_top_ids"][window])
         return result
 
-    def run_step(self, inputs: tuple[Any, ...], mode: SamplerMode, prompt_k: int | None) -> dict[str, jax.Array]:
-        """Launches the step on prepared inputs; other processes of a multi-host mesh replay
-        process 0's inputs through here (sharding/multihost.py)."""
+    def run_step(self, inputs: StepInput) -> dict[str, jax.Array]:
+        """Launches the step on prepared inputs: the one place a step program is called. Other
+        processes of a multi-host mesh replay process 0's inputs through here (sharding/multihost.py)
+        and keep their own copy of the sampled-token buffer, which is the same on every process."""
         if self.sharding is not None:
             inputs = self.sharding.put_batch(inputs)
-        self.kv_caches, out = self._step(self.params, self.kv_caches, *inputs, mode, prompt_k)
+        self.kv_caches, self._sampled_tokens, out = self._step(self.params, self.kv_caches, inputs,
+                                                               self._sampled_tokens)
         return out
 
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
@@ -367,55 +311,15 @@ class ModelRunner:
         return compilation_count()
 
 
-def _side_widths(seqs: list[Sequence], samples: np.ndarray, eos_ids: frozenset[int]) -> tuple[int, int]:
-    bias, history = 0, 0
-    for seq, take in zip(seqs, samples):
-        if not take:
-            continue
-        p = seq.params
-        n = len(p.logit_bias or {})
-        if seq.num_output_tokens < p.min_tokens:
-            n += len(eos_ids) + len(p.stop_token_ids)
-        bias = max(bias, n)
-        if p.uses_penalties:
-            history = max(history, seq.num_tokens)
-    return (pow2_at_least(bias) if bias else 0), (pow2_at_least(history, 16) if history else 0)
+def _take_previous(values: jax.Array, index: jax.Array, prev_tokens: jax.Array) -> jax.Array:
+    """``values`` where ``index`` < 0, else the previous step's sampled token at ``index``."""
+    return jnp.where(index >= 0, prev_tokens[jnp.maximum(index, 0)], values)
 
 
-_SETTING_COLUMNS = (
-    ("temperature", np.float32), ("top_p", np.float32), ("top_k", np.int32), ("min_p", np.float32),
-    ("presence_penalty", np.float32), ("frequency_penalty", np.float32), ("repetition_penalty", np.float32),
-    ("seeds", np.uint32), ("counters", np.int32),
-)
-
-
-def _sampling_arrays(
-    rows: list[tuple[Sequence | None, bool]], s_pad: int, bias_width: int, history_width: int,
-    eos_ids: frozenset[int] = frozenset(),
-) -> SamplingTensors:
-    # One row of per-request settings per padded sequence, converted to arrays in one go.
-    padding = (0.0, 1.0, 0, 0.0, 0.0, 0.0, 1.0, 0, 0)
-    settings = [padding] * s_pad
-    bias_ids = np.full((s_pad, bias_width), -1, np.int32)
-    bias_values = np.zeros((s_pad, bias_width), np.float32)
-    history = np.full((s_pad, history_width), -1, np.int32)
-    is_output = np.zeros((s_pad, history_width), bool)
-    for i, (seq, take) in enumerate(rows):
-        if not take or seq is None:
-            continue
-        p = seq.params
-        settings[i] = (p.temperature, p.top_p, p.top_k, p.min_p, p.presence_penalty, p.frequency_penalty,
-                       p.repetition_penalty, seq.seed & 0xFFFFFFFF, seq.num_output_tokens)
-        if p.logit_bias or seq.num_output_tokens < p.min_tokens:
-            entries = list((p.logit_bias or {}).items())
-            if seq.num_output_tokens < p.min_tokens:
-                entries += [(tok, -math.inf) for tok in (*eos_ids, *p.stop_token_ids)]
-            for j, (tok, value) in enumerate(entries):
-                bias_ids[i, j], bias_values[i, j] = tok, value
-        if p.uses_penalties and history_width:
-            history[i, : seq.num_tokens] = seq.token_ids
-            is_output[i, seq.num_prompt_tokens : seq.num_tokens] = True
-    columns = list(zip(*settings))
-    t = {name: np.asarray(col, dtype) for (name, dtype), col in zip(_SETTING_COLUMNS, columns)}
-    return SamplingTensors(**t, bias_ids=bias_ids, bias_values=bias_values, history=history,
-                           history_is_output=is_output)
+def _without_failed(batch: ScheduledBatch, slots: np.ndarray) -> tuple[ScheduledBatch, np.ndarray]:
+    """The batch without the sequences whose rows could not be placed (slot -1)."""
+    keep = np.flatnonzero(slots >= 0)
+    fields = dict(seqs=[batch.seqs[i] for i in keep], num_new_tokens=[batch.num_new_tokens[i] for i in keep])
+    if isinstance(batch, DataParallelBatch):
+        fields["dp_ranks"] = [batch.dp_ranks[i] for i in keep]
+    return dataclasses.replace(batch, **fields), slots[keep]

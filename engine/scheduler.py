@@ -3,6 +3,9 @@
 One token budget covers decodes and prefill chunks alike, so a step mixes them. Running
 sequences go first (oldest first); when blocks run out the newest running sequence is
 preempted by recompute (its blocks freed, it goes back to the front of the queue).
+
+With the overlap a running sequence may have a pending token (sampled, not yet read back):
+it is scheduled as if that token were known, except when that token is its last by length.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ class Scheduler:
     def complete(self, batch: ScheduledBatch) -> None:
         """Records the step's computed tokens: registers full blocks, forks waiting samples."""
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            if seq.is_finished:
+                continue  # ended while this step ran (overlap): its blocks are already free
             seq.num_computed_tokens += n
             self.block_manager.register_computed_blocks(seq)
             if seq.forks and seq.num_computed_tokens >= seq.num_prompt_tokens:
@@ -93,6 +98,8 @@ class Scheduler:
                 break
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted earlier in this loop
+            if seq.num_pending and seq.num_output_tokens >= seq.max_tokens:
+                continue  # its pending token is its last: it ends once that token is read back
             n = min(seq.remaining_to_compute(), budget)
             while not self.block_manager.can_allocate(self.block_manager.blocks_needed(seq, n)):
                 victim = self.running[-1]

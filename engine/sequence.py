@@ -1,4 +1,10 @@
-"""A sequence: one sample of one request, with its tokens, cache blocks and progress."""
+"""A sequence: one sample of one request, with its tokens, cache blocks and progress.
+
+With the overlap (llm_engine.py) a sequence can have one *pending* token: sampled by a step
+whose result has not reached the host yet. It counts in ``num_tokens`` (the scheduler plans
+with it) but is not in ``token_ids`` until ``resolve_pending`` appends it; until then the
+device finds it at row ``pending_row`` of that step's sampled-token buffer.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ class Sequence:
         self.arrival_time = arrival_time if arrival_time is not None else time.monotonic()
         self.status = SequenceStatus.WAITING
         self.block_table: list[int] = []
+        self.table_dirty_from = 0  # block_table entries from here on changed since the runner last copied it
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0  # prompt tokens found in the prefix cache (reported)
         self.kv_present_tokens = 0  # positions below this already have KV in the cache: never rewrite
@@ -52,10 +59,25 @@ class Sequence:
         self.finish_reason: str | None = None
         self.stop_reason: int | str | None = None
         self.first_token_time: float | None = None
+        self.num_pending = 0  # sampled tokens still on the device (0 or 1)
+        self.pending_row = -1  # where: row of the last dispatched step's sampled-token buffer
+
+    def table_changed_from(self, index: int) -> None:
+        self.table_dirty_from = min(self.table_dirty_from, index)
+
+    def mark_pending(self, row: int) -> None:
+        self.num_pending = 1
+        self.pending_row = row
+
+    def resolve_pending(self, token: int) -> None:
+        """The pending token has reached the host: it becomes a known token."""
+        self.token_ids.append(token)
+        self.num_pending = 0
+        self.pending_row = -1
 
     @property
     def num_tokens(self) -> int:
-        return len(self.token_ids)
+        return len(self.token_ids) + self.num_pending
 
     @property
     def output_token_ids(self) -> list[int]:
@@ -63,7 +85,8 @@ class Sequence:
 
     @property
     def num_output_tokens(self) -> int:
-        return len(self.token_ids) - self.num_prompt_tokens
+        """Generated so far, counting a pending token."""
+        return self.num_tokens - self.num_prompt_tokens
 
     @property
     def is_finished(self) -> bool:

@@ -25,11 +25,13 @@ as well as in the probabilities, so stale or poisoned pool entries never reach t
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 
 from ops.attention import AttentionMetadata
+from ops.pallas_common import kv_chunk_bounds
 
 MASKED = -1.0e30  # finite "minus infinity": exp(MASKED - m) is 0 and MASKED - MASKED is not NaN
 
@@ -38,8 +40,10 @@ MASKED = -1.0e30  # finite "minus infinity": exp(MASKED - m) is 0 and MASKED - M
 class CpuAttentionConfig:
     """Static tile sizes (in tokens, rounded to whole blocks where keys are concerned)."""
 
-    decode_chunk_keys: int = 128  # keys per (sequence, chunk) decode work item
-    decode_keys_per_iter: int = 4096  # keys one decode loop iteration gathers over all its pairs
+    # Decode: small gathers that stay in L2 won over 4,096-key ones (measured on 2 cores at
+    # batch 1 x 1,800 context and batch 64 x 192: 0.9 vs 3.2 ms and 7 vs 13 ms per layer).
+    decode_chunk_keys: int = 32  # keys per (sequence, chunk) decode work item
+    decode_keys_per_iter: int = 512  # keys one decode loop iteration gathers over all its pairs
     block_q: int = 128  # prefill query rows per tile
     block_k: int = 256  # prefill keys per inner-loop chunk
 
@@ -173,42 +177,67 @@ def _prefill_attention(q, k_cache, v_cache, md, *, scale, sliding_window, soft_c
         q_off = (tile - (tiles_end[seq] - tiles_per_seq[seq])) * block_q
         count = jnp.minimum(q_lens[seq] - q_off, block_q)
         token = starts[seq] + q_off
-        q_pos = md.seq_lens[seq] - q_lens[seq] + q_off + rows  # [block_q]
-        row_ok = rows < count
+        first_pos = md.seq_lens[seq] - q_lens[seq] + q_off
+        # Rows are (group, query) pairs of one kv head: [kv_heads, group * block_q, head_dim].
         qt = jax.lax.dynamic_slice_in_dim(q_padded, token, block_q).astype(jnp.float32) * scale
-        qt = qt.reshape(block_q, kv_heads, group, head_dim)
-        first = jnp.int32(0)
-        if sliding_window is not None:
-            first = jnp.maximum(q_pos[0] - sliding_window + 1, 0) // chunk_keys
-        end = (q_pos[0] + count + chunk_keys - 1) // chunk_keys
-
-        def chunk_body(state):
-            chunk, run_max, run_sum, acc = state
-            blocks = _table_entries(md.block_tables, seq, chunk, blocks_per_chunk)
-            key_pos = chunk * chunk_keys + jnp.arange(chunk_keys, dtype=jnp.int32)
-            mask = (key_pos[None, :] <= q_pos[:, None]) & row_ok[:, None]  # [block_q, chunk_keys]
-            if sliding_window is not None:
-                mask &= key_pos[None, :] > (q_pos - sliding_window)[:, None]
-            key_live = key_pos <= q_pos[count - 1]
-            k = _gather_keys(k_cache, blocks)
-            v = jnp.where(key_live[:, None, None], _gather_keys(v_cache, blocks), 0.0)
-            scores = jnp.where(mask, _logits(qt, k, "qkgd,ckd->kgqc", soft_cap), MASKED)
-            new_max = jnp.maximum(run_max, jnp.max(scores, axis=-1))
-            weights = jnp.where(mask, jnp.exp(scores - new_max[..., None]), 0.0)
-            rescale = jnp.exp(run_max - new_max)
-            run_sum = run_sum * rescale + jnp.sum(weights, axis=-1)
-            acc = acc * rescale[..., None] + jnp.einsum("kgqc,ckd->kgqd", weights, v)
-            return chunk + 1, new_max, run_sum, acc
-
-        shape = (kv_heads, group, block_q)
-        init = (first, jnp.full(shape, MASKED, jnp.float32), jnp.zeros(shape, jnp.float32),
-                jnp.zeros((*shape, head_dim), jnp.float32))
-        _, _, run_sum, acc = jax.lax.while_loop(lambda s: s[0] < end, chunk_body, init)
+        qt = jnp.transpose(qt.reshape(block_q, kv_heads, group, head_dim), (1, 2, 0, 3))
+        qt = qt.reshape(kv_heads, group * block_q, head_dim)
+        tile_step = functools.partial(_prefill_chunk, qt, k_cache, v_cache, md.block_tables[seq],
+                                      row_pos=jnp.tile(first_pos + rows, group), last_pos=first_pos + count - 1,
+                                      blocks_per_chunk=blocks_per_chunk, sliding_window=sliding_window,
+                                      soft_cap=soft_cap)
+        lo, free_lo, free_hi, hi = kv_chunk_bounds(first_pos, count, chunk_keys, sliding_window)
+        shape = (kv_heads, group * block_q)
+        state = (jnp.full(shape, MASKED, jnp.float32), jnp.zeros(shape, jnp.float32),
+                 jnp.zeros((*shape, head_dim), jnp.float32))
+        # Chunks every row sees whole need no mask; only the window's start and the diagonal do.
+        for a, b, masked in ((lo, free_lo, True), (free_lo, free_hi, False), (free_hi, hi, True)):
+            state = _chunk_loop(functools.partial(tile_step, masked=masked), a, b, state)
+        _, run_sum, acc = state
         result = acc / jnp.where(run_sum > 0, run_sum, 1.0)[..., None]
+        result = result.reshape(kv_heads, group, block_q, head_dim)
         result = jnp.transpose(result, (2, 0, 1, 3)).reshape(block_q, num_heads, head_dim)
         kept = jax.lax.dynamic_slice_in_dim(out, token, block_q)
-        result = jnp.where(row_ok[:, None, None], result, kept)
+        result = jnp.where((rows < count)[:, None, None], result, kept)
         return tile + 1, jax.lax.dynamic_update_slice_in_dim(out, result, token, 0)
 
     _, out = jax.lax.while_loop(lambda c: c[0] < tiles_end[-1], tile_body, (jnp.int32(0), out0))
     return out[:num_tokens]
+
+
+def _chunk_loop(step, lo: jax.Array, hi: jax.Array, state: tuple) -> tuple:
+    """Runs ``state = step(chunk, state)`` for chunk in [lo, hi)."""
+    def body(carry):
+        return carry[0] + 1, step(carry[0], carry[1])
+
+    return jax.lax.while_loop(lambda c: c[0] < hi, body, (lo, state))[1]
+
+
+def _prefill_chunk(qt, k_cache, v_cache, table_row, chunk, state, *, row_pos, last_pos, blocks_per_chunk,
+                   sliding_window, soft_cap, masked: bool):
+    """One online-softmax step of a query tile over one key chunk (flash attention).
+
+    Unmasked chunks lie wholly before every row's position and inside every row's window.
+    Rows past the tile's tokens compute garbage that the caller discards; masked chunks zero
+    V past the tile's last position so that garbage (or poison) never reaches real rows.
+    """
+    run_max, run_sum, acc = state
+    blocks = _table_entries(table_row[None], jnp.zeros((1,), jnp.int32), chunk[None], blocks_per_chunk)[0]
+    k = _gather_keys(k_cache, blocks)  # [chunk_keys, kv_heads, head_dim]
+    v = _gather_keys(v_cache, blocks)
+    scores = _logits(qt, k, "kmd,ckd->kmc", soft_cap)
+    if masked:
+        key_pos = chunk * k.shape[0] + jnp.arange(k.shape[0], dtype=jnp.int32)
+        mask = key_pos[None, :] <= row_pos[:, None]
+        if sliding_window is not None:
+            mask &= key_pos[None, :] > (row_pos - sliding_window)[:, None]
+        v = jnp.where((key_pos <= last_pos)[:, None, None], v, 0.0)
+        scores = jnp.where(mask, scores, MASKED)
+    new_max = jnp.maximum(run_max, jnp.max(scores, axis=-1))
+    weights = jnp.exp(scores - new_max[..., None])
+    if masked:
+        weights = jnp.where(mask, weights, 0.0)
+    rescale = jnp.exp(run_max - new_max)
+    run_sum = run_sum * rescale + jnp.sum(weights, axis=-1)
+    acc = acc * rescale[..., None] + jnp.einsum("kmc,ckd->kmd", weights, v)
+    return new_max, run_sum, acc

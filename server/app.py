@@ -10,10 +10,10 @@ import logging
 from typing import Any
 
 from litestar import Litestar, Request, Response, get, post
+from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.handlers import BaseRouteHandler
-from litestar.config.cors import CORSConfig
 from litestar.params import FromPath, JSONBody
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -30,6 +30,7 @@ from server.protocol import (
     DetokenizeRequest,
     TokenizeRequest,
 )
+from server.request_body import strict_body
 from server.responses import (
     ChatCompletionResponse,
     CompletionResponse,
@@ -38,7 +39,6 @@ from server.responses import (
     ModelList,
     TokenizeResponse,
 )
-from server.request_body import strict_body
 from server.state import ServerSettings, ServerState
 
 logger = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ async def chat_completions(data: JSONBody[ChatCompletionRequest], request: Reque
 
 @post("/tokenize", guards=[require_api_key], status_code=200, before_request=strict_body(TokenizeRequest),
       responses=api_responses(TokenizeResponse, "The prompt's token ids"))
-async def tokenize(data: JSONBody[TokenizeRequest], request: Request[Any, Any, Any], state: State) -> TokenizeResponse:
+async def tokenize(data: JSONBody[TokenizeRequest], state: State) -> TokenizeResponse:
     server = _server(state)
     server.resolve_model(data.model)
     if (data.prompt is None) == (data.messages is None):
@@ -154,8 +154,7 @@ async def tokenize(data: JSONBody[TokenizeRequest], request: Request[Any, Any, A
 
 @post("/detokenize", guards=[require_api_key], status_code=200, before_request=strict_body(DetokenizeRequest),
       responses=api_responses(DetokenizeResponse, "The tokens' text"))
-async def detokenize(data: JSONBody[DetokenizeRequest], request: Request[Any, Any, Any],
-                     state: State) -> DetokenizeResponse:
+async def detokenize(data: JSONBody[DetokenizeRequest], state: State) -> DetokenizeResponse:
     server = _server(state)
     server.resolve_model(data.model)
     if server.model.tokenizer is None:
@@ -164,7 +163,7 @@ async def detokenize(data: JSONBody[DetokenizeRequest], request: Request[Any, An
     bad = [t for t in data.tokens if not 0 <= t < vocab]
     if bad:
         raise bad_request(f"token id {bad[0]} is out of range for a vocabulary of {vocab}", "tokens")
-    return DetokenizeResponse(prompt=server.decode(data.tokens))
+    return DetokenizeResponse(prompt=await asyncio.to_thread(server.decode, data.tokens))
 
 
 def build_app(engine_loop: EngineLoop, settings: ServerSettings) -> Litestar:

@@ -10,6 +10,7 @@ request struct rejects (wrong types, values outside the protocol's ranges, unkno
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,7 @@ from server.protocol import unknown_fields
 
 logger = logging.getLogger(__name__)
 
+OFF_LOOP_BODY_BYTES = 256 * 1024
 _QUOTE = ord('"')
 _STEPS = np.zeros(256, np.int8)  # +1 for an opening bracket, -1 for a closing one
 _STEPS[[ord("["), ord("{")]] = 1
@@ -77,7 +79,10 @@ def strict_body(request_type: type[msgspec.Struct]) -> Callable[[Request[Any, An
         if not is_json_media_type(content_type):
             raise APIError(400, f"Content-Type must be application/json, got {content_type!r}.")
         body = await request.body()
-        decode_strict(body, request_type)
+        if len(body) > OFF_LOOP_BODY_BYTES:  # a big body is checked in a thread: /health must not wait
+            await asyncio.to_thread(decode_strict, body, request_type)
+        else:
+            decode_strict(body, request_type)
         unknown = unknown_fields(body, request_type)
         if unknown:
             logger.warning("The following fields were present in the request but ignored: %s", ", ".join(unknown))

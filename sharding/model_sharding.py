@@ -111,7 +111,7 @@ class ModelSharding:
         weights, kv_per_token = padding_bytes(config, self.head_layout, jnp.dtype(config.jnp_dtype).itemsize)
         kv_share = self.head_layout.padded_kv_heads / max(shards, 1) / config.num_kv_heads
         logger.warning(
-            "%d query / %d kv heads do not split over %d shards: padded %s; costs %.1f MiB more weights "
+            "%d query / %d kv heads over %d shards need padding: %s; costs %.1f MiB more weights "
             "(%.1f MiB per device) and %d more KV-cache bytes per token (each device holds %.2fx the "
             "unsharded model's KV per token)",
             config.num_heads, config.num_kv_heads, shards, self.head_layout.describe(), weights / 2**20,

@@ -1,5 +1,9 @@
 """Property test: whatever mix of arrivals (shared prefixes, n > 1), finishes, aborts and
-preemptions, reference counts match owners, no referenced block is free, and nothing leaks."""
+preemptions, reference counts match owners, no referenced block is free, and nothing leaks.
+
+The overlap variant drives the scheduler the way LLMEngine does with async scheduling: a
+step is scheduled before the previous step's tokens are read back (pending tokens), and
+sequences found finished one step late are dropped from the step already launched."""
 
 from __future__ import annotations
 
@@ -44,15 +48,46 @@ def _advance(scheduler: Scheduler, batch: ScheduledBatch) -> None:
                 scheduler.finish(seq)
 
 
+def _read_back(scheduler: Scheduler, batch: ScheduledBatch) -> None:
+    """The launched step's tokens reach the host: pending tokens become known, stops are found."""
+    for seq in batch.seqs:
+        if seq.num_pending and not seq.is_finished:
+            seq.resolve_pending(seq.num_tokens % 7)
+            if seq.num_output_tokens >= seq.max_tokens:
+                scheduler.finish(seq)
+
+
+class OverlapDriver:
+    """Schedule N+1, read back N, complete N+1 (LLMEngine.step with async scheduling)."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self.in_flight: ScheduledBatch | None = None
+
+    def step(self) -> bool:
+        """Returns whether anything happened (a step launched or read back)."""
+        batch = self.scheduler.schedule()
+        previous = self.in_flight
+        if previous is not None:
+            _read_back(self.scheduler, previous)
+        self.scheduler.complete(batch)
+        for seq in batch.seqs:
+            if not seq.is_finished and seq.num_computed_tokens == seq.num_tokens:
+                seq.mark_pending(0)
+        self.in_flight = batch if batch else None
+        return bool(batch) or previous is not None
+
+
 @settings(max_examples=150, deadline=None)
 @given(actions=actions, num_blocks=st.integers(8, 30), budget=st.integers(4, 64),
-       chunked=st.booleans(), caching=st.booleans())
+       chunked=st.booleans(), caching=st.booleans(), overlap=st.booleans())
 def test_no_leaks_under_random_traffic(actions: list, num_blocks: int, budget: int, chunked: bool,
-                                       caching: bool) -> None:
+                                       caching: bool, overlap: bool) -> None:
     bm = BlockManager(num_blocks, BLOCK, enable_prefix_caching=caching)
     scheduler = Scheduler(bm, max_num_seqs=4, max_num_batched_tokens=budget if chunked else 100,
                           enable_chunked_prefill=chunked)
     requests: list[list[Sequence]] = []
+    driver = OverlapDriver(scheduler)
     for kind, a, b, shared, n in actions:
         if kind == "add":
             prompt = PREFIX[:shared] + list(range(a))
@@ -69,15 +104,20 @@ def test_no_leaks_under_random_traffic(actions: list, num_blocks: int, budget: i
             for seq in requests[a % len(requests)]:
                 if not seq.is_finished:
                     scheduler.finish(seq)
+        elif kind == "step" and overlap:
+            driver.step()
         elif kind == "step":
             _advance(scheduler, scheduler.schedule())
         _check_invariants(bm, scheduler)
     for _ in range(2000):  # drain: everything must be able to finish
-        if not scheduler.has_unfinished():
+        if not scheduler.has_unfinished() and driver.in_flight is None:
             break
-        batch = scheduler.schedule()
-        assert batch, "scheduler stalled with work left"
-        _advance(scheduler, batch)
+        if overlap:
+            assert driver.step(), "scheduler stalled with work left"
+        else:
+            batch = scheduler.schedule()
+            assert batch, "scheduler stalled with work left"
+            _advance(scheduler, batch)
         _check_invariants(bm, scheduler)
     assert not scheduler.has_unfinished()
     assert bm.num_free_blocks == bm.num_blocks

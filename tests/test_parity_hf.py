@@ -1,6 +1,7 @@
 """Parity with HF transformers (PyTorch, float32), from golden files written by
 scripts/make_golden.py: full-sequence logits of tiny random models of every family, and
-SmolLM2-135M-Instruct's greedy continuations loaded from its GGUF."""
+SmolLM2-135M-Instruct's greedy continuations loaded from its GGUF. The model runs the platform's
+default attention (on the CPU: ops/cpu_attention.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from models.loaders.gguf_loader import read_gguf
 from models.loaders.safetensors_loader import iter_safetensors, read_hf_config, safetensors_files
 from models.registry import build_model
 from models.weights import assemble_params
-from ops.attention import AttentionMetadata
+from ops.attention import AttentionMetadata, default_backend
 
 GOLDEN = Path(__file__).parent / "golden"
 FAMILIES = ["llama3", "llama_tied_mqa", "mistral", "qwen2", "qwen3"]
@@ -83,7 +84,7 @@ def test_tiny_family_logits_match_hf(family: str) -> None:
     prompts = np.split(golden["input_ids"], np.cumsum(lengths)[:-1])
     batch = PagedBatch(config, lengths)
     ids, positions, md = batch.step_inputs([p.tolist() for p in prompts])
-    logits, _ = make_forward(build_model(config))(params, ids, positions, batch.caches, md)
+    logits, _ = make_forward(build_model(config, default_backend()))(params, ids, positions, batch.caches, md)
     diff = np.abs(np.asarray(logits) - golden["logits"]).max()
     assert diff <= 1e-4, f"{family}: max |logits - HF| = {diff:.2e}"
 
@@ -103,7 +104,7 @@ def test_smollm2_greedy_continuations_match_hf_token_for_token() -> None:
     gguf = read_gguf(smollm2_path())
     config = ModelConfig.from_hf(gguf.hf_config).with_dtype("float32")
     params = assemble_params(gguf.tensors(), config, source="smollm2")
-    forward = make_forward(build_model(config))
+    forward = make_forward(build_model(config, default_backend()))
     new_tokens = golden["new_tokens"]
     batch = PagedBatch(config, [len(c["prompt_ids"]) + new_tokens for c in cases])
 

@@ -138,3 +138,20 @@ def test_openapi_shows_ranges_error_shape_and_streaming(http: httpx.Client) -> N
     error_ref = json.dumps(post["responses"]["400"])
     assert "ErrorResponse" in error_ref
     assert "ErrorInfo" in json.dumps(spec["components"]["schemas"]["ErrorResponse"])
+
+
+@pytest.mark.parametrize("body, limit, deeper", [
+    ('{"a": "[[[[[[[[", "b": [[1]]}', 3, False),
+    ('{"a": "[[[[[[[[", "b": [[1]]}', 2, True),
+    ('{"a": "\\\\", "b": [[[]]]}', 4, False),  # an escaped backslash does not escape the closing quote
+    ('{"a": "\\"[[[[[[", "b": [[[]]]}', 4, False),  # an escaped quote does not close the string
+    ('{"a": "\\"[[[[[[", "b": [[[]]]}', 3, True),
+    (_deep(65), 64, True),
+    (_deep(64), 64, False),
+], ids=["brackets-in-string", "just-too-deep", "escaped-backslash", "escaped-quote", "escaped-quote-deep",
+        "65-levels", "64-levels"])
+def test_nesting_depth_ignores_brackets_in_strings(body: str, limit: int, deeper: bool) -> None:
+    from server.request_body import nests_deeper_than
+
+    assert json.loads(body) is not None  # every case is valid JSON
+    assert nests_deeper_than(body.encode(), limit) is deeper

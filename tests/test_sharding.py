@@ -129,12 +129,17 @@ def _decode_step_collectives(engine: Any) -> dict[str, Any]:
     Reaches into the runner for its jitted step and padding-only inputs: adapt here if those change.
     """
     from engine.sampler import SamplerMode
+    from ops.pallas_cases import pool_copies
     from sharding.collectives import count_collectives
 
     runner = engine.runner
     inputs = runner._dummy_inputs(8, 8, 4)
     compiled = runner._step.lower(runner.params, runner.kv_caches, *inputs, SamplerMode(True, False, 0), None).compile()
-    return {kind: dataclasses.asdict(entry) for kind, entry in count_collectives(compiled.as_text()).items()}
+    text = compiled.as_text()
+    found = {kind: dataclasses.asdict(entry) for kind, entry in count_collectives(text).items()}
+    shard = runner.kv_caches[0][0].addressable_shards[0].data
+    found["pool_copies"] = pool_copies(text, shard.size)  # the per-shard KV write must stay in place
+    return found
 
 
 def _bad_spec_errors() -> dict[str, str]:
@@ -243,12 +248,13 @@ def _expected_spread(dp: int) -> list[int]:
 
 @pytest.mark.parametrize("model", list(MODELS))
 def test_two_all_reduces_per_layer_and_no_gathered_pool(results: dict[str, Any], model: str) -> None:
-    """tp=4 decode: one all-reduce after each o_proj and each down_proj, one after the
+    """tp=4 decode: the KV pools are updated in place per shard; one all-reduce after each o_proj and each down_proj, one after the
     vocab-parallel embedding lookup; the only gathers are the sampler's per-shard best
     candidates ([sequences, k] numbers), never a weight, an activation or the KV pool."""
     from tests.tiny_models import tiny_config
 
     found = results[model]["tp=4/default"]["collectives"]
+    assert found.pop("pool_copies") == [], "the KV write copies its pool shard"
     layers = tiny_config().num_layers
     assert found["all-reduce"]["count"] == 2 * layers + 1, found
     assert found["all-reduce"]["largest_elements"] == 8 * 64, found  # [sequences, hidden]

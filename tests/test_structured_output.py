@@ -9,6 +9,7 @@ from typing import Any
 import jsonschema
 import pydantic
 import pytest
+from openai.lib._pydantic import to_strict_json_schema
 
 from engine.structured_output import GrammarCompiler, GrammarMatcher, StructuredOutputError, StructuredOutputSpec
 from engine.structured_output.spec import MAX_CHOICES, MAX_SPEC_CHARS
@@ -68,6 +69,11 @@ def test_spec_bounds_and_canonical_form() -> None:
     (StructuredOutputSpec.json_schema({"type": "object", "properties": {"a": {"type": "frobnicate"}}}),
      "frobnicate"),
     (StructuredOutputSpec.grammar("start: undefined_rule"), "undefined_rule"),
+    (StructuredOutputSpec.regex("(a{1000}){1000}"), "expands to about 1000000 states"),
+    (StructuredOutputSpec.json_schema({"type": "string", "pattern": "^(x{500}){500}$"}), "expands"),
+    (StructuredOutputSpec.regex("[^\\x00-\\U0010FFFF]"), "admits no output"),
+    (StructuredOutputSpec.json_schema({"$ref": "#"}), "admits no output"),
+    (StructuredOutputSpec.json_schema({"$ref": "http://example.com/s.json"}), "example.com"),
 ])
 def test_compile_errors_name_the_problem(compiler: GrammarCompiler, spec: StructuredOutputSpec,
                                          fragment: str) -> None:
@@ -133,9 +139,22 @@ def test_json_object_and_pydantic_schema(compiler: GrammarCompiler, smollm_token
         attendees: list[str]
         location: str | None = None
 
-    matcher = compiler.matcher(StructuredOutputSpec.json_schema(Event.model_json_schema()))
+    class Place(pydantic.BaseModel):
+        city: str
+        zip: str | None
+
+    class Trip(pydantic.BaseModel):
+        event: Event
+        stops: list[Place]
+
     doc = Event(name="x", day=3, attendees=["a", "b"]).model_dump_json()
+    matcher = compiler.matcher(StructuredOutputSpec.json_schema(Event.model_json_schema()))
     assert _feed(matcher, smollm_tokenizer, doc) and matcher.is_accepting
+    # What openai's client.chat.completions.parse sends: strict, $defs and $refs, nullable fields.
+    strict = to_strict_json_schema(Trip)
+    trip = Trip(event=Event(name="x", day=3, attendees=[]), stops=[Place(city="Oslo", zip=None)])
+    matcher = compiler.matcher(StructuredOutputSpec.json_schema(strict))
+    assert _feed(matcher, smollm_tokenizer, trip.model_dump_json()) and matcher.is_accepting
 
 
 def test_regex_choice_and_grammar(compiler: GrammarCompiler, smollm_tokenizer: Any) -> None:

@@ -22,6 +22,7 @@ from engine.structured_output import (
     step_bitmask,
     unpack_bitmask,
 )
+from engine.structured_output.regex_budget import repetition_size
 from tests.tiny_grammar_vocab import ALPHABET, EOS, TOKENS, tiny_grammar_compiler
 
 @pytest.fixture(scope="module")
@@ -165,3 +166,11 @@ def test_jitted_apply_bitmask_matches_reference(vocab: int, mask_vocab: int) -> 
     np.testing.assert_array_equal(np.isfinite(got), allowed_full)
     # greedy over masked logits picks the best allowed token
     np.testing.assert_array_equal(got.argmax(-1), np.where(allowed_full, logits, -np.inf).argmax(-1))
+
+
+@pytest.mark.parametrize("pattern,size", [
+    ("abc", 3), (r"\d{4}-\d{2}", 7), ("(a{10}){20}", 200), ("[a-z]{1,50}", 50), ("[]x]{3}", 3),
+    ("(a{100}){100}(b{10}){10}", 10100), (r"\{9999\}", 6), ("a+b*", 2), ("(ab|cd)?", 4),
+])
+def test_repetition_size_bounds_counted_repetitions(pattern: str, size: int) -> None:
+    assert repetition_size(pattern) == size

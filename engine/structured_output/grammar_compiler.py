@@ -24,13 +24,21 @@ from typing import Any
 import llguidance
 import llguidance.hf
 
+from engine.structured_output.bitmask import allocate_bitmask
 from engine.structured_output.matcher import GrammarMatcher
+from engine.structured_output.regex_budget import MAX_REPETITION_SIZE, repetition_size
 from engine.structured_output.spec import StructuredOutputError, StructuredOutputSpec
 
 # Between JSON tokens: nothing, one space, or one line break with up to 20 indentation characters.
 # Pretty-printed and compact JSON both pass; a model cannot spin on whitespace forever.
 JSON_WHITESPACE = r"(?:\x20|\r?\n[\x20\t]{0,20})?"
 _ANY_OBJECT_SCHEMA = '{"type": "object"}'
+# Token subsets llguidance precomputes and applies wholesale when a lexer state admits all of
+# them. Its defaults cover JSON string bodies of up to 10, 30 or any characters; 5 and 20 make
+# strings with a ``maxLength`` (a budget of remaining characters) fall back to the slow per-token
+# walk far less often: 2-2.5x less mask time for such strings over a 128k vocabulary.
+_STRING_CHAR = r'[^"\\\x00-\x1F\x7F]'
+MASK_SLICES = [*llguidance.LLTokenizer.general_slices(), _STRING_CHAR + "{1,5}", _STRING_CHAR + "{1,20}"]
 DEFAULT_CACHE_SIZE = 256
 
 
@@ -65,7 +73,8 @@ class GrammarCompiler:
         """From an ``engine.tokenizer.Tokenizer``; ``vocab_size`` is the model's logits width when
         it differs from the tokenizer's (ids past the tokenizer are never allowed). About 0.5 s."""
         ll_tokenizer = llguidance.hf.from_tokenizer(
-            tokenizer.hf, n_vocab=vocab_size or tokenizer.vocab_size, eos_token=sorted(tokenizer.eos_token_ids))
+            tokenizer.hf, n_vocab=vocab_size or tokenizer.vocab_size, eos_token=sorted(tokenizer.eos_token_ids),
+            slices=MASK_SLICES)
         return cls(ll_tokenizer, **kwargs)
 
     @property
@@ -122,12 +131,23 @@ class GrammarCompiler:
         template = llguidance.LLMatcher(self._tokenizer, grammar, log_level=0, limits=self._limits)
         if template.is_error():
             return StructuredOutputError(f"invalid {spec.kind}: {_first_lines(template.get_error())}")
-        return CompiledGrammar(spec, template, self._tokenizer.vocab_size)
+        compiled = CompiledGrammar(spec, template, self._tokenizer.vocab_size)
+        # The first mask finishes the lexer's set-up and shows a grammar that admits nothing.
+        probe = compiled.matcher()
+        probe.fill_bitmask(allocate_bitmask(1, self._tokenizer.vocab_size), 0)
+        if probe.error is not None:
+            return StructuredOutputError(f"invalid {spec.kind}: {_first_lines(probe.error)}")
+        return compiled
 
 
 def _to_llguidance(spec: StructuredOutputSpec) -> str:
     """The llguidance grammar text for a spec; raises ValueError on text it cannot even parse."""
     json_options = {"whitespace_pattern": JSON_WHITESPACE}
+    for pattern in _patterns(spec):
+        size = repetition_size(pattern)
+        if size > MAX_REPETITION_SIZE:
+            raise ValueError(f"the pattern {pattern[:60]!r} expands to about {size} states through its counted "
+                             f"repetitions; the limit is {MAX_REPETITION_SIZE}")
     if spec.kind == "json_schema":
         return llguidance.LLMatcher.grammar_from_json_schema(spec.text, defaults=json_options)
     if spec.kind == "json_object":
@@ -140,7 +160,29 @@ def _to_llguidance(spec: StructuredOutputSpec) -> str:
     return llguidance.grammar_from("grammar", spec.text)
 
 
+def _patterns(spec: StructuredOutputSpec) -> list[str]:
+    """The regexes of a spec: the pattern itself, or a JSON schema's ``pattern`` values."""
+    if spec.kind == "regex":
+        return [spec.text]
+    if spec.kind != "json_schema":
+        return []
+    found: list[str] = []
+    todo: list[Any] = [json.loads(spec.text)]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("pattern"), str):
+                found.append(node["pattern"])
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    return found
+
+
 def _first_lines(message: str, limit: int = 600) -> str:
-    """llguidance errors can quote the whole grammar; keep the head, which names the problem."""
-    message = message.strip()
+    """llguidance errors can quote the whole grammar and the parser state; keep the head, which
+    names the problem."""
+    message = message.split("<state>", 1)[0].strip()
+    if "NoExtension" in message:
+        return "the constraint admits no output"
     return message if len(message) <= limit else message[:limit] + " ..."
