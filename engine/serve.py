@@ -104,7 +104,11 @@ def _serve_http(args: argparse.Namespace, core: CoreProcess, model: ServedModel,
         if process.is_alive():
             process.kill()
             process.join()
-        code = code or (1 if process.exitcode else 0)
+        if process.exitcode:
+            logger.error("%s exited with code %s", process.name, process.exitcode)
+            code = 1
+    if code:
+        logger.error("Exiting with code %d", code)
     return code
 
 

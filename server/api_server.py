@@ -134,6 +134,8 @@ def run_api_server(spec: ApiServerSpec, sock: socket.socket, core_alive: Callabl
 
     def on_core_death() -> None:
         nonlocal exit_code
+        logger.error("API server %d exits with code 1 in %.0fs: its engine core has died", spec.index,
+                     DEAD_CORE_GRACE_S)
         exit_code = 1
         asyncio.get_running_loop().call_later(DEAD_CORE_GRACE_S, setattr, server, "should_exit", True)
 
@@ -150,6 +152,7 @@ def run_api_server(spec: ApiServerSpec, sock: socket.socket, core_alive: Callabl
         server.handled = (signal.SIGTERM,)
     server.run(sockets=[sock])
     if not server.started:
+        logger.error("API server %d did not start", spec.index)
         return 1
     return exit_code
 

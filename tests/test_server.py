@@ -14,7 +14,7 @@ GREEDY: dict[str, Any] = {"temperature": 0.0, "extra_body": {"ignore_eos": True}
 
 @pytest.fixture(scope="module")
 def client(tiny_server: Any) -> OpenAI:
-    return OpenAI(base_url=f"{tiny_server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+    return OpenAI(base_url=f"{tiny_server.url}/v1", api_key="unused", max_retries=0, timeout=600)
 
 
 def _stream_text(stream: Any) -> tuple[str, list[Any]]:

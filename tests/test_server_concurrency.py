@@ -116,8 +116,9 @@ def test_disconnect_mid_stream_aborts_and_frees_blocks(throttled: Any, endpoint:
             for line in response.iter_lines():
                 chunks += line.startswith("data: ")
                 if chunks == 5:
+                    # checked before leaving the loop: closing the line iterator closes the connection
+                    assert not _blocks_free(server)  # the request holds blocks in the core now
                     break
-            assert not _blocks_free(server)  # the request holds blocks in the core now
     assert _wait_until(lambda: _blocks_free(server) and server.engine_loop.num_pending == 0)
     assert _aborted(server) == aborted_before + 1
     assert _metric(server, "tessera:generation_tokens_total") - generated_before < 400  # stopped early

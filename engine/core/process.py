@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -142,6 +143,10 @@ def _serve(core: EngineCore, spec: CoreSpec) -> None:
         spec.finish(core.engine)
     sockets.close()
     logger.info("Engine core stopped")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # nothing is left to flush; tearing down JAX's runtime can take longer than the stop grace
 
 
 def _precompile(engine: LLMEngine, sockets: CoreSockets) -> None:
