@@ -72,7 +72,7 @@ class EngineConfig:
         unset = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(defaults)
                  if getattr(self, f.name) is None}
         if not self.enable_chunked_prefill:  # then a step must hold a whole prompt
-            unset.pop("max_num_batched_tokens")
+            unset.pop("max_num_batched_tokens", None)
         return dataclasses.replace(self, **unset)
 
     def validate(self) -> None:
