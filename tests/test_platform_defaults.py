@@ -17,8 +17,8 @@ def test_cpu_fills_unset_fields_only():
 def test_cpu_chunk_default_needs_chunked_prefill():
     # Without chunked prefill a step must hold a whole prompt: the engine sizes it from max_model_len.
     assert EngineConfig(enable_chunked_prefill=False).with_platform_defaults("cpu").max_num_batched_tokens is None
-    explicit = EngineConfig(enable_chunked_prefill=False, max_num_batched_tokens=512).with_platform_defaults("cpu")
-    assert explicit.max_num_batched_tokens == 512
+    explicit = EngineConfig(enable_chunked_prefill=False, max_num_batched_tokens=4000)
+    assert explicit.with_platform_defaults("cpu").max_num_batched_tokens == 4000
 
 
 def test_other_platforms_unchanged_and_input_not_mutated():
