@@ -2,7 +2,9 @@
 # The H200 measurements of the step-pipeline, compile-once and engine-core issues (#10, #11, #12), as
 # one device-tool call each:   bash scripts/gpu_session.sh JOB [JOB ...]   (writes JSON/logs to $OUT)
 # Jobs: roofline b1 b1-sync offline256 offline512 sharegpt serve-cold serve-warm serve-rate4
-# Carried wheels (.whl: litestar, msgspec, uvicorn, gguf, pyzmq and their needs) are installed first.
+# Carried wheels are installed first. The GPU image lacks: litestar litestar-htmx multipart polyfactory faker
+# rich-click sniffio msgspec uvicorn gguf pyzmq (download them into .whl as the device README says; the
+# 2026-11-30 run lacked sniffio and every server job failed at import).
 set -u
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -14,9 +16,10 @@ export TESSERA_COMPILATION_CACHE=/tmp/tessera-xla
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,noheader
 python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 
-wait_ready() {  # wait_ready PORT LOG -> seconds until /health answers 200
+wait_ready() {  # wait_ready PORT LOG -> seconds until /health answers 200 (gives up if the server died)
   local start=$(date +%s.%N)
   for _ in $(seq 1 600); do
+    kill -0 $SERVER 2>/dev/null || { echo "server exited"; tail -5 "$2"; return 1; }
     if python3 -c "import httpx,sys; sys.exit(httpx.get('http://127.0.0.1:$1/health', timeout=2).status_code != 200)" 2>/dev/null; then
       python3 -c "print(f'{$(date +%s.%N) - $start:.1f}')"; return 0
     fi
@@ -30,6 +33,7 @@ serve_start() {  # serve_start NAME: starts the server, prints start-to-ready se
     --disable-log-requests > "$OUT/server_$1.log" 2>&1 &
   SERVER=$!
   echo "start to ready ($1): $(wait_ready 8000 "$OUT/server_$1.log") s"
+  kill -0 $SERVER 2>/dev/null || exit 1
 }
 
 serve_stop() { kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; grep -i -E "compil|late" "$OUT/server_$1.log" | tail -5; }
