@@ -260,10 +260,13 @@ class ModelRunner:
         inputs = self._dummy_inputs(key.tokens, key.seqs, key.width).replace(
             mode=key.mode, prompt_k=key.prompt_k, max_query_len=key.window,
             sampling=empty_sampling(self.dp * key.seqs, key.bias_width, key.history_width))
-        return self._step.lower(self.params, kv_caches, self.plan.normalize(inputs), sampled_tokens)
+        # Abstract leaves: a mesh over several processes refuses numpy inputs with shardings.
+        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype),
+                                self.plan.normalize(inputs))
+        return self._step.lower(self.params, kv_caches, abstract, sampled_tokens)
 
     def _compile_copy(self, width: int) -> Any:
-        return self._copy_blocks.lower(self.kv_caches, np.zeros((2, width), np.int32)).compile()
+        return self._copy_blocks.lower(self.kv_caches, jax.ShapeDtypeStruct((2, width), np.int32)).compile()
 
     # ---- host-side batch preparation -------------------------------------------------------
     def _dummy_inputs(self, tokens: int, seqs: int, width: int) -> StepInput:
