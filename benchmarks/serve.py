@@ -205,6 +205,8 @@ def summarize(results: list[Result], duration: float) -> dict[str, Any]:
         "total_input_tokens": in_tokens, "total_output_tokens": out_tokens,
         "request_throughput": len(ok) / duration, "output_throughput": out_tokens / duration,
         "total_token_throughput": (in_tokens + out_tokens) / duration,
+        # content chunks received: fewer than tokens when the server coalesces a stream's tokens
+        "streamed_chunks": sum(len(r.itl) + 1 for r in ok),
     }
     for name, values in (("ttft", ttft), ("tpot", tpot), ("itl", itl), ("e2el", e2e)):
         array = np.asarray(values or [0.0])

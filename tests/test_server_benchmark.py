@@ -18,8 +18,10 @@ TINY_HF_CONFIG = {
 def _check(figures: dict[str, Any], requests: int) -> None:
     assert figures["completed"] == requests and figures["failed"] == 0
     assert figures["total_output_tokens"] > 0 and figures["output_throughput"] > 0
-    for key in ("mean_ttft_ms", "median_tpot_ms", "p99_itl_ms"):
+    for key in ("mean_ttft_ms", "median_tpot_ms"):
         assert figures[key] > 0
+    # a server that falls behind coalesces a stream's tokens into one chunk: then no gap between chunks exists
+    assert (figures["p99_itl_ms"] > 0) == (figures["streamed_chunks"] > requests)
 
 
 def test_against_a_url_chat_and_sharegpt(tiny_server: Any, tmp_path: Path) -> None:

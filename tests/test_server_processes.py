@@ -175,7 +175,7 @@ def test_two_api_servers_serve_separate_streams_then_sigterm_drains_32(two_api_s
     assert served.core_pid() in family and len(family) >= 2
     for events, token in zip(asyncio.run(all_streams(40, signal_after_start=True)), tokens):
         assert _text_and_finish(events) == (smollm_tokenizer.decode([token] * 40), "length")
-    assert served.proc.wait(timeout=120) == 0
+    assert served.proc.wait(timeout=120) == 0, served.log.read_text()[-4000:]
     assert _all_gone(family), [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in family if pid_alive(pid)]
 
 
@@ -195,7 +195,7 @@ def test_killed_engine_core_means_503_errors_and_a_non_zero_exit(two_api_servers
     events = asyncio.run(stream_then_kill())
     assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == 503
     assert httpx.get(f"{served.url}/health", timeout=5).status_code == 503
-    assert served.proc.wait(timeout=60) != 0
+    assert served.proc.wait(timeout=60) != 0, served.log.read_text()[-4000:]
     assert _all_gone(family), [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in family if pid_alive(pid)]
 
 

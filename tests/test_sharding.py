@@ -125,17 +125,17 @@ def _run(config: Any, spec: str | None, rules: str) -> dict[str, Any]:
 
 
 def _decode_step_collectives(engine: Any) -> dict[str, Any]:
-    """The collectives of the compiled greedy decode step of 8 sequences (sharding/collectives.py).
+    """The collectives of the compiled decode step of 8 sequences (sharding/collectives.py).
 
-    Reaches into the runner for its jitted step and padding-only inputs: adapt here if those change.
+    Reaches into the runner for its bucket plan and program lowering: adapt here if those change.
     """
-    from engine.sampler import SamplerMode
     from ops.pallas_cases import pool_copies
     from sharding.collectives import count_collectives
 
     runner = engine.runner
-    inputs = runner._dummy_inputs(8, 8, 4)
-    compiled = runner._step.lower(runner.params, runner.kv_caches, *inputs, SamplerMode(True, False, 0), None).compile()
+    decode = [key for key in runner.plan.keys() if key.window == 1 and key.seqs == 8 and key.prompt_k is None]
+    assert decode, f"no 8-sequence decode program in {runner.plan.describe()}"
+    compiled = runner._lower_program(decode[0], runner.kv_caches, runner._sampled_tokens).compile()
     text = compiled.as_text()
     found = {kind: dataclasses.asdict(entry) for kind, entry in count_collectives(text).items()}
     shard = runner.kv_caches[0][0].addressable_shards[0].data
