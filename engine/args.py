@@ -167,6 +167,12 @@ def build_parser(prog: str = "python -m engine.serve") -> argparse.ArgumentParse
     server.add_argument("--graceful-shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="on SIGINT/SIGTERM, wait this long for in-flight requests before aborting them "
                              "(default: %(default)s)")
+    server.add_argument("--enable-auto-tool-choice", action="store_true",
+                        help='let the model decide to call tools (tool_choice "auto"); needs --tool-call-parser')
+    server.add_argument("--tool-call-parser", metavar="NAME",
+                        help="how tool calls are read from the model's text: hermes, llama3_json or mistral")
+    server.add_argument("--reasoning-parser", metavar="NAME",
+                        help="split <think>...</think> into reasoning_content: deepseek_r1 or qwen3")
     server.add_argument("--disable-log-requests", action="store_true", help="do not log each request")
     server.add_argument("--disable-log-stats", action="store_true", help="do not log the periodic stats line")
     server.add_argument("--uvicorn-log-level", default="info",
@@ -192,6 +198,8 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m engine.serv
         parser.error("--ssl-keyfile and --ssl-certfile go together")
     if args.root_path and not args.root_path.startswith("/"):
         parser.error(f"--root-path must start with '/', got {args.root_path!r}")
+    if args.enable_auto_tool_choice and not args.tool_call_parser:
+        parser.error("--enable-auto-tool-choice needs --tool-call-parser")
     return args
 
 
