@@ -126,7 +126,7 @@ class StructuredOutputSpec:
         try:
             return cls.from_kind(OPTION_KINDS[key], options[key])
         except StructuredOutputError as err:
-            raise StructuredOutputError(f"{where}.{key}: {err}", f"{where}.{key}") from None
+            raise StructuredOutputError(f"{where} option {key!r}: {err}", f"{where}.{key}") from None
 
     @classmethod
     def from_kind(cls, kind: str, value: Any) -> StructuredOutputSpec:
