@@ -19,7 +19,7 @@ import pytest
 from litestar.testing import TestClient
 from openai.lib._pydantic import to_strict_json_schema
 
-from engine.request_limits import MAX_SPEC_CHARS
+from engine.request_limits import MAX_SPEC_CHARS, MAX_TOOLS
 from server import ServerSettings
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Give me the data."}]
@@ -157,3 +157,12 @@ def test_auto_tool_calls_and_reasoning_whole_and_streamed(tiny_server: Any) -> N
         assert calls[0]["function"]["name"] == "get_weather" and calls[0]["id"]
         assert "".join(t["function"].get("arguments", "") for t in calls) == '{"city": "Oslo"}'
         assert deltas[-1]["finish_reason"] == "tool_calls"
+
+
+def test_openapi_shows_the_new_fields_and_their_bounds(tiny_server: Any) -> None:
+    spec = httpx.get(f"{tiny_server.url}/docs/openapi.json", timeout=60).json()
+    chat = json.dumps(spec["components"]["schemas"]["ChatCompletionRequest"]["properties"])
+    for field in ("response_format", "structured_outputs", "guided_regex", "guided_choice", "tools", "tool_choice",
+                  "parallel_tool_calls"):
+        assert f'"{field}"' in chat, field
+    assert f'"maxLength": {MAX_SPEC_CHARS}' in chat and f'"maxItems": {MAX_TOOLS}' in chat
