@@ -231,6 +231,9 @@ def _config_file_args(parser: argparse.ArgumentParser, path: Path) -> list[str]:
     return tokens
 
 
+REASONING_END = "</think>"  # where the thinking of every --reasoning-parser's models ends
+
+
 def engine_config(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
         model=args.model, tokenizer=args.tokenizer, dtype=args.dtype, load_format=args.load_format, seed=args.seed,
@@ -243,6 +246,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         compilation_cache_dir=args.compilation_cache_dir, precompile=not args.skip_warmup,
         compile_workers=args.compile_workers,
         token_bucket_ladder=args.token_buckets, seq_bucket_ladder=args.seq_buckets,
+        reasoning_end=REASONING_END if args.reasoning_parser else None,
     )
 
 

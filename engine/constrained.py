@@ -9,6 +9,10 @@ regex feature), which ends that request alone; the engine core answers such a re
 
 After each sampled token ``grammar_finish`` says whether the constraint ends the sequence:
 complete (finish reason "stop", without spending a step on end-of-sequence) or failed ("error").
+
+A reasoning model's thinking is left free: with a reasoning end token (``</think>``) the mask starts
+after that token, or at once when the prompt already holds it (a template that turned thinking off),
+as vLLM decides it.
 """
 
 from __future__ import annotations
@@ -28,9 +32,12 @@ PARAM = "structured_outputs"  # the SamplingParams field a refusal names
 
 
 class ConstrainedRequests:
-    def __init__(self, tokenizer: Any, vocab_size: int) -> None:
-        """``tokenizer`` None: a model loaded without one, which cannot take constraints."""
-        self.grammars = EngineGrammars(tokenizer, vocab_size) if tokenizer is not None else None
+    def __init__(self, tokenizer: Any, vocab_size: int, reasoning_end: str | None = None) -> None:
+        """``tokenizer`` None: a model loaded without one, which cannot take constraints.
+        ``reasoning_end``: the text ending a reasoning model's thinking (one token)."""
+        self.grammars = None
+        if tokenizer is not None:
+            self.grammars = EngineGrammars(tokenizer, vocab_size, _single_token(tokenizer, reasoning_end))
         self._compiling: dict[str, SequenceGrammar] = {}  # request id -> its first sample's grammar
 
     def __len__(self) -> int:
@@ -42,8 +49,9 @@ class ConstrainedRequests:
         request now); False: it waits here. Raises ``StructuredOutputError`` when the cache
         already knows the constraint does not compile."""
         grammars = self._grammars()
+        reasoning = grammars.reasoning_end_token not in seqs[0].token_ids
         for seq in seqs:
-            seq.grammar = grammars.grammar(spec)
+            seq.grammar = grammars.grammar(spec, reasoning)
         first = seqs[0].grammar
         assert first is not None
         if not first.is_ready:
@@ -95,6 +103,17 @@ def grammar_finish(seq: Sequence, token: int) -> tuple[str, None] | None:
         logger.warning("request %s: its output constraint failed: %s", seq.request_id, seq.grammar.failure)
         return "error", None
     return ("stop", None) if verdict is GrammarVerdict.COMPLETE else None
+
+
+def _single_token(tokenizer: Any, text: str | None) -> int | None:
+    if text is None:
+        return None
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) != 1:
+        logger.warning("%r is %d tokens of this vocabulary, not one: output constraints cover the reasoning too",
+                       text, len(ids))
+        return None
+    return int(ids[0])
 
 
 def _raise_failure(grammar: SequenceGrammar) -> None:

@@ -155,7 +155,7 @@ class LLMEngine:
         self.last_step_total_s = 0.0
         self.last_step_device_wait_s = 0.0
         self._in_flight: tuple[ScheduledBatch, InFlightStep] | None = None  # launched, not yet read back
-        self.constraints = ConstrainedRequests(self.tokenizer, loaded.config.vocab_size)
+        self.constraints = ConstrainedRequests(self.tokenizer, loaded.config.vocab_size, config.reasoning_end)
         # Told when a request that waited for its grammar is scheduled (error None) or refused (why).
         self.on_admission: Callable[[str, str | None], None] | None = None
         if config.precompile if precompile is None else precompile:

@@ -72,6 +72,28 @@ def test_constrained_outputs_match(engine: LLMEngine) -> None:
     assert len(outputs["free"].outputs[0].token_ids) == 8
 
 
+def test_a_reasoning_model_thinks_freely_and_answers_under_the_constraint(
+        engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a reasoning end token the mask starts after it (a logit bias makes the random model emit
+    it first), or at once when the prompt holds it already (thinking turned off by the template)."""
+    assert engine.constraints.grammars is not None
+    end = engine.tokenizer.encode("Answer", add_special_tokens=False)[0]  # stands in for </think>
+    monkeypatch.setattr(engine.constraints.grammars, "reasoning_end_token", end)
+    spec = StructuredOutputSpec.choice(["yes", "no"])
+    params = SamplingParams(temperature=0, max_tokens=8, logit_bias={end: 100.0}, structured_outputs=spec)
+    engine.add_request("thinks", [5, 6, 7], params)
+    engine.add_request("answers", [5, end, 7], params)
+    outputs = run_to_completion(engine)
+    thinks, answers = outputs["thinks"].outputs[0], outputs["answers"].outputs[0]
+    assert thinks.token_ids[0] == end and engine.tokenizer.decode(thinks.token_ids[1:]) in ("yes", "no")
+    assert answers.text in ("yes", "no") and end not in answers.token_ids  # the bias lost to the mask
+    assert thinks.finish_reason == answers.finish_reason == "stop"
+    single = ConstrainedRequests(engine.tokenizer, 100, "Answer").grammars
+    several = ConstrainedRequests(engine.tokenizer, 100, "</think>").grammars  # several tokens in SmolLM2's vocabulary
+    assert single is not None and single.reasoning_end_token == end
+    assert several is not None and several.reasoning_end_token is None  # then the constraint covers everything
+
+
 def _held(engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> list[concurrent.futures.Future[Any]]:
     """Each new grammar of ``engine`` waits for its own future in the returned list: compiles by hand."""
     compiles: list[concurrent.futures.Future[Any]] = []

@@ -34,14 +34,15 @@ class GrammarVerdict(enum.Enum):
 class EngineGrammars:
     def __init__(self, tokenizer: Any, vocab_size: int, reasoning_end_token: int | None = None) -> None:
         self.vocab_size = vocab_size
-        self._reasoning_end_token = reasoning_end_token
+        self.reasoning_end_token = reasoning_end_token
         self._tokenizer = tokenizer
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="grammar-index")
         self._compiler: concurrent.futures.Future[GrammarCompiler] | None = None
 
-    def grammar(self, spec: StructuredOutputSpec) -> SequenceGrammar:
-        """A new sequence's grammar state; its compile runs in the background."""
-        return SequenceGrammar(self._compile(spec), self._reasoning_end_token)
+    def grammar(self, spec: StructuredOutputSpec, reasoning: bool = True) -> SequenceGrammar:
+        """A new sequence's grammar state; its compile runs in the background. ``reasoning`` False:
+        its prompt already ended the reasoning, so the constraint applies from the first token."""
+        return SequenceGrammar(self._compile(spec), self.reasoning_end_token if reasoning else None)
 
     def bitmask(self, rows: Sequence[SequenceGrammar | None], num_rows: int) -> np.ndarray | None:
         """The step's [num_rows, words] mask for sequences placed in rows 0..len(rows)-1 (None:
