@@ -167,6 +167,12 @@ def build_parser(prog: str = "python -m engine.serve") -> argparse.ArgumentParse
     server.add_argument("--graceful-shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="on SIGINT/SIGTERM, wait this long for in-flight requests before aborting them "
                              "(default: %(default)s)")
+    server.add_argument("--enable-auto-tool-choice", action="store_true",
+                        help='let the model decide to call tools (tool_choice "auto"); needs --tool-call-parser')
+    server.add_argument("--tool-call-parser", metavar="NAME",
+                        help="how tool calls are read from the model's text: hermes, llama3_json or mistral")
+    server.add_argument("--reasoning-parser", metavar="NAME",
+                        help="split <think>...</think> into reasoning_content: deepseek_r1 or qwen3")
     server.add_argument("--disable-log-requests", action="store_true", help="do not log each request")
     server.add_argument("--disable-log-stats", action="store_true", help="do not log the periodic stats line")
     server.add_argument("--uvicorn-log-level", default="info",
@@ -192,6 +198,8 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m engine.serv
         parser.error("--ssl-keyfile and --ssl-certfile go together")
     if args.root_path and not args.root_path.startswith("/"):
         parser.error(f"--root-path must start with '/', got {args.root_path!r}")
+    if args.enable_auto_tool_choice and not args.tool_call_parser:
+        parser.error("--enable-auto-tool-choice needs --tool-call-parser")
     return args
 
 
@@ -223,6 +231,9 @@ def _config_file_args(parser: argparse.ArgumentParser, path: Path) -> list[str]:
     return tokens
 
 
+REASONING_END = "</think>"  # where the thinking of every --reasoning-parser's models ends
+
+
 def engine_config(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
         model=args.model, tokenizer=args.tokenizer, dtype=args.dtype, load_format=args.load_format, seed=args.seed,
@@ -235,6 +246,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         compilation_cache_dir=args.compilation_cache_dir, precompile=not args.skip_warmup,
         compile_workers=args.compile_workers,
         token_bucket_ladder=args.token_buckets, seq_bucket_ladder=args.seq_buckets,
+        reasoning_end=REASONING_END if args.reasoning_parser else None,
     )
 
 

@@ -20,12 +20,19 @@ stall the step pipeline, so there are two static variants: greedy (argmax only) 
 prompt logprobs as its own variant of prefill steps (it needs logits of every token; a decode
 step's are one more [seqs, vocab] pass, so its full variant always includes them). Logprob widths are one
 width (20) and bias/penalty history widths are fixed, so none of them multiplies programs.
+
+The structured-output token mask (``mask_words`` packed int32 words per row, 0 when the engine
+has no tokenizer to compile grammars with) rides in every sampling variant except static greedy:
+a step with a constrained row is folded onto a non-greedy variant, and unconstrained steps of
+those variants carry an all-ones mask (skipped by the gated sampler's conditional; one fused
+``where`` in GPU's full variant). So structured outputs add no program to the plan.
 Measurements behind these choices: docs/compilation.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -71,10 +78,12 @@ class ProgramKey:
     prompt_k: int | None
     bias_width: int
     history_width: int
+    mask_words: int = 0  # packed token-mask words per row (structured outputs); 0: no mask
 
     def describe(self) -> str:
         kind = "decode" if self.window == 1 else "mixed"
         extra = f", prompt logprobs {self.prompt_k}" if self.prompt_k is not None else ""
+        extra += f", token mask {self.mask_words} words" if self.mask_words else ""
         return (f"{kind} tokens={self.tokens} seqs={self.seqs} width={self.width} window={self.window} "
                 f"sampler={self.mode.name}{extra}")
 
@@ -106,11 +115,12 @@ class BucketPlan:
     copy_ladder: tuple[int, ...]  # copy-on-write block pairs per step (at most one per sequence)
     dp: int = 1
     fold: bool = True  # fold steps onto the planned variants; off (no precompile): each step's own switches
+    mask_words: int = 0  # token-mask width of the non-greedy variants; 0: structured outputs unavailable
 
     @classmethod
     def build(cls, *, max_num_batched_tokens: int, max_num_seqs: int, max_model_len: int, block_size: int,
               attention_backend: str, platform: str, dp: int = 1, token_buckets: Sequence[int] | None = None,
-              seq_buckets: Sequence[int] | None = None, fold: bool = True) -> BucketPlan:
+              seq_buckets: Sequence[int] | None = None, fold: bool = True, mask_words: int = 0) -> BucketPlan:
         seq_top = max(MIN_SEQ_BUCKET, max_num_seqs)
         seqs = _explicit(seq_buckets, seq_top) or doubling_ladder(MIN_SEQ_BUCKET, seq_top)
         tokens = _explicit(token_buckets, max_num_batched_tokens) or doubling_ladder(
@@ -120,7 +130,8 @@ class BucketPlan:
         widths = doubling_ladder(min(MIN_WIDTH_BUCKET, max_blocks), max_blocks) if cost.width else (max_blocks,)
         return cls(tokens, seqs, widths, cost, runtime_switches=platform != "gpu",
                    bias_width=MAX_BIAS_ROW_ENTRIES, history_width=max(16, -(-max_model_len // 16) * 16),
-                   copy_ladder=doubling_ladder(MIN_SEQ_BUCKET, dp * seq_top), dp=dp, fold=fold)
+                   copy_ladder=doubling_ladder(MIN_SEQ_BUCKET, dp * seq_top), dp=dp, fold=fold,
+                   mask_words=mask_words)
 
     # ---- choosing a step's program ------------------------------------------------------------
     def shapes(self, num_tokens: int, num_seqs: int, widest: int, decode_only: bool) -> tuple[int, int, int]:
@@ -154,9 +165,11 @@ class BucketPlan:
                                                                bool(inputs.mode.num_logprobs)))
         if not self.fold:  # compiled on first use: only the switches this step needs (tests, --skip-warmup)
             return inputs.replace(sampling=sampling)
-        extras = sampling.bias_ids.shape[1] > 0 or sampling.history.shape[1] > 0
+        constrained = np.shape(inputs.token_bitmask)[1] > 0
+        extras = sampling.bias_ids.shape[1] > 0 or sampling.history.shape[1] > 0 or constrained
         mode = self.mode_for(inputs.mode, extras)
         wide = not mode.all_greedy
+        inputs = inputs.replace(token_bitmask=self._mask_for(inputs.token_bitmask, self.mask_words if wide else 0))
         sampling = sampling.replace(
             bias_ids=_widen(sampling.bias_ids, self.bias_width if wide else 0, -1),
             bias_values=_widen(sampling.bias_values, self.bias_width if wide else 0, 0.0),
@@ -172,6 +185,15 @@ class BucketPlan:
             sampling=sampling, mode=mode, max_query_len=1 if decode else np.shape(inputs.input_ids)[0] // self.dp,
             prompt_k=MAX_LOGPROBS if (prompt or self.runtime_switches) else None,  # prompt_targets -1: none
         )
+
+    def _mask_for(self, mask: Any, words: int) -> np.ndarray:
+        """The step's token mask at the variant's width: as built, or all ones when no row is constrained."""
+        rows, current = np.shape(mask)
+        if current == words:
+            return np.asarray(mask)
+        if current:
+            raise ValueError(f"a token mask of {current} words per row does not fit the planned width {words}")
+        return _allow_all(rows, words)
 
     # ---- the whole plan ---------------------------------------------------------------------
     def keys(self) -> list[ProgramKey]:
@@ -190,16 +212,16 @@ class BucketPlan:
         return sorted(set(keys), key=lambda k: (k.tokens * k.width, k.seqs, k.window, str(k)))
 
     def _variants(self, tokens: int, seqs: int, width: int, window: int) -> list[ProgramKey]:
+        b, h, m = self.bias_width, self.history_width, self.mask_words
         if self.runtime_switches:
             return [ProgramKey(tokens, seqs, width, window, SamplerMode(False, True, MAX_LOGPROBS, gated=True),
-                               MAX_LOGPROBS, self.bias_width, self.history_width)]
+                               MAX_LOGPROBS, b, h, m)]
         full = SamplerMode(False, True, MAX_LOGPROBS)
-        b, h = self.bias_width, self.history_width
-        with_prompt = ProgramKey(tokens, seqs, width, window, full, MAX_LOGPROBS, b, h)
+        with_prompt = ProgramKey(tokens, seqs, width, window, full, MAX_LOGPROBS, b, h, m)
         if window == 1:  # a decode step's prompt logprobs cost one more [seqs, vocab] pass: always in "full"
             return [ProgramKey(tokens, seqs, width, window, GREEDY, None, 0, 0), with_prompt]
         return [ProgramKey(tokens, seqs, width, window, GREEDY, None, 0, 0),
-                ProgramKey(tokens, seqs, width, window, full, None, b, h), with_prompt]
+                ProgramKey(tokens, seqs, width, window, full, None, b, h, m), with_prompt]
 
     def key_of(self, inputs: Any) -> ProgramKey:
         """The program a (normalized) StepInput runs."""
@@ -208,6 +230,7 @@ class BucketPlan:
             tokens=np.shape(inputs.input_ids)[0] // self.dp, seqs=np.shape(inputs.seq_lens)[0] // self.dp,
             width=np.shape(inputs.block_tables)[1], window=inputs.max_query_len, mode=inputs.mode,
             prompt_k=inputs.prompt_k, bias_width=s.bias_ids.shape[1], history_width=s.history.shape[1],
+            mask_words=np.shape(inputs.token_bitmask)[1],
         )
 
     def describe(self) -> str:
@@ -216,7 +239,8 @@ class BucketPlan:
         return (f"bucket plan: {len(keys)} step programs ({decode} decode, {len(keys) - decode} with prefill) + "
                 f"{len(self.copy_ladder)} block-copy programs; tokens {list(self.token_ladder)}, "
                 f"seqs {list(self.seq_ladder)}, widths {list(self.width_ladder)}, "
-                f"sampler {'one gated variant' if self.runtime_switches else 'greedy / full / prompt logprobs'}")
+                f"sampler {'one gated variant' if self.runtime_switches else 'greedy / full / prompt logprobs'}"
+                f"{f', token mask {self.mask_words} words' if self.mask_words else ''}")
 
 
 def _explicit(ladder: Sequence[int] | None, top: int) -> tuple[int, ...] | None:
@@ -225,6 +249,14 @@ def _explicit(ladder: Sequence[int] | None, top: int) -> tuple[int, ...] | None:
         return None
     rungs = sorted({int(r) for r in ladder if 0 < int(r) < top})
     return tuple(rungs) + (top,)
+
+
+@functools.lru_cache(maxsize=32)
+def _allow_all(rows: int, words: int) -> np.ndarray:
+    """A read-only all-ones token mask, shared by every unconstrained step of this shape."""
+    mask = np.full((rows, words), -1, np.int32)
+    mask.setflags(write=False)
+    return mask
 
 
 def _widen(array: Any, width: int, fill: Any) -> np.ndarray:

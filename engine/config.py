@@ -68,6 +68,9 @@ class EngineConfig:
     # ladders (tokens from 16, sequences from 4). The limits close each ladder.
     token_bucket_ladder: tuple[int, ...] | None = None
     seq_bucket_ladder: tuple[int, ...] | None = None
+    # The text that ends a reasoning model's thinking ("</think>"; --reasoning-parser sets it): an output
+    # constraint applies only to what follows it (docs/structured_outputs.md). It must be one token.
+    reasoning_end: str | None = None
 
     def with_platform_defaults(self, platform: str) -> EngineConfig:
         """A copy whose unset fields take ``platform``'s defaults (``jax.default_backend()``)."""
@@ -104,5 +107,7 @@ class EngineConfig:
                 raise ValueError(f"{name} must be positive sizes, got {ladder}")
         if self.compile_workers is not None and self.compile_workers < 1:
             raise ValueError(f"compile_workers must be >= 1, got {self.compile_workers}")
+        if self.reasoning_end is not None and (not isinstance(self.reasoning_end, str) or not self.reasoning_end):
+            raise ValueError(f"reasoning_end must be a non-empty string, got {self.reasoning_end!r}")
         if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 1:
             raise ValueError(f"num_gpu_blocks_override must be >= 1, got {self.num_gpu_blocks_override}")

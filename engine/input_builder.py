@@ -90,6 +90,7 @@ def build_step_input(batch: ScheduledBatch, slots: np.ndarray, store: BatchRows,
         max_query_len=1 if decode_only else min(t_pad, pow2_at_least(int(counts.max()), 16)),
         mode=_sampler_mode(store, slots[taking]),
         prompt_k=logprob_width(prompt_k) if prompt_k >= 0 else None,
+        token_bitmask=np.zeros((dp * s_pad, 0), np.int32),  # the runner fills it for constrained rows
     )
     return BuiltStep(inputs, rows, ranks * token_buffer_rows + index_in_replica, samples, prompt_rows)
 

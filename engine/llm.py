@@ -1,4 +1,10 @@
-"""Offline batched inference: ``LLM(...).generate()`` and ``.chat()``, as in vLLM."""
+"""Offline batched inference: ``LLM(...).generate()`` and ``.chat()``, as in vLLM.
+
+Every request is checked before any is queued, output constraints included
+(``SamplingParams(structured_outputs=...)``: a constraint that does not compile raises its
+``StructuredOutputError`` here, naming the problem). ``chat(..., tools=[...])`` shows the tools
+to the chat template; reading calls out of the text is the caller's (or the server's) business.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +36,14 @@ class LLM:
         self.engine = LLMEngine(EngineConfig(model=model, **kwargs))
         self._counter = itertools.count()
 
+    @classmethod
+    def from_engine(cls, engine: LLMEngine) -> LLM:
+        """An ``LLM`` around an engine built elsewhere (on a model already loaded, say)."""
+        llm = cls.__new__(cls)
+        llm.engine = engine
+        llm._counter = itertools.count()
+        return llm
+
     def get_tokenizer(self) -> Any:
         return self.engine.tokenizer
 
@@ -44,6 +58,8 @@ class LLM:
         encoded = []
         for prompt, p in zip(prompt_list, params):  # validate everything before queueing anything
             p.validate()
+            if p.structured_outputs is not None:
+                self.engine.check_constraint(p.structured_outputs)
             text, ids = self.engine.encode_prompt(_prompt_value(prompt))
             self.engine.check_length(len(ids), p)
             encoded.append(ids if text is None else text)
@@ -60,14 +76,18 @@ class LLM:
         chat_template: str | None = None,
         add_generation_prompt: bool = True,
         chat_template_kwargs: dict[str, Any] | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> list[RequestOutput]:
         tokenizer = self.engine.tokenizer
         if tokenizer is None:
             raise ValueError("this model was loaded without a tokenizer, so it has no chat template")
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        template_kwargs = dict(chat_template_kwargs or {})
+        if tools is not None:
+            template_kwargs["tools"] = tools
         prompts = [
             tokenizer.apply_chat_template(conv, add_generation_prompt=add_generation_prompt,
-                                          chat_template=chat_template, **(chat_template_kwargs or {}))
+                                          chat_template=chat_template, **template_kwargs)
             for conv in conversations
         ]
         return self.generate(prompts, sampling_params, use_tqdm)

@@ -2,6 +2,11 @@
 
 Single-threaded by design: the engine-core process drives it and hands it new and aborted
 requests between steps (engine/core/engine_core.py); offline ``LLM`` drives it in-process.
+
+A request with an output constraint (structured outputs) enters the scheduler once its grammar has
+compiled (engine/constrained.py); ``on_admission`` hears when that happens, or that it could not.
+While a constrained sequence runs, a step is read back before the next one is launched: the next
+step's token mask needs the token the previous step sampled.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ import jax
 from engine.block_manager import BlockManager
 from engine.compilation import compilation_count, enable_persistent_cache, install_counter
 from engine.config import EngineConfig
+from engine.constrained import ConstrainedRequests, grammar_finish
 from engine.model_runner import InFlightStep, ModelRunner, StepOutput
 from engine.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledBatch, Scheduler
 from engine.sequence import Sequence
 from engine.stop_checker import StopChecker
+from engine.structured_output import StructuredOutputSpec
 from models.loaders import LoadedModel, load_model
 from ops.attention import default_backend, validate_backend
 
@@ -33,6 +40,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_TOKENS = 2048
+GRAMMAR_WAIT_S = 0.05  # an engine with nothing to run but compiling grammars waits this long per step
 
 
 @dataclasses.dataclass
@@ -122,7 +130,7 @@ class LLMEngine:
             kv_cache_memory_bytes=config.kv_cache_memory_bytes,
             gpu_memory_utilization=config.gpu_memory_utilization,
             sharding=sharding, token_buckets=config.token_bucket_ladder, seq_buckets=config.seq_bucket_ladder,
-            precompiled=config.precompile,
+            precompiled=config.precompile, token_masks=self.tokenizer is not None,
         )
         logger.info(self.runner.kv_cache_summary())
         if sharding is not None and sharding.dp > 1:
@@ -147,6 +155,9 @@ class LLMEngine:
         self.last_step_total_s = 0.0
         self.last_step_device_wait_s = 0.0
         self._in_flight: tuple[ScheduledBatch, InFlightStep] | None = None  # launched, not yet read back
+        self.constraints = ConstrainedRequests(self.tokenizer, loaded.config.vocab_size, config.reasoning_end)
+        # Told when a request that waited for its grammar is scheduled (error None) or refused (why).
+        self.on_admission: Callable[[str, str | None], None] | None = None
         if config.precompile if precompile is None else precompile:
             self.precompile()
 
@@ -196,7 +207,9 @@ class LLMEngine:
         return params.max_tokens
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
-                    arrival_time: float | None = None) -> None:
+                    arrival_time: float | None = None) -> bool:
+        """Queues a request; a ValueError when it cannot run. False: it waits for its output
+        constraint to compile (``on_admission`` tells when it is scheduled or refused)."""
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         params.validate(self.model_config.vocab_size, num_eos_ids=len(self.eos_token_ids))
@@ -210,14 +223,24 @@ class LLMEngine:
         for child in seqs[1:]:  # the other samples share sample 0's prompt blocks once computed
             child.awaiting_fork = True
         seqs[0].forks = seqs[1:]
+        spec = params.structured_outputs
+        compiled = spec is None or self.constraints.attach(request_id, seqs, spec)
         self.requests[request_id] = RequestState(request_id, text, ids, seqs, checkers)
-        for seq in seqs:
-            self.scheduler.add(seq)
+        if compiled:
+            for seq in seqs:
+                self.scheduler.add(seq)
+        return compiled
+
+    def check_constraint(self, spec: StructuredOutputSpec) -> None:
+        """Compiles an output constraint now (cached for the request that uses it); raises
+        ``StructuredOutputError`` (a ValueError) naming the problem."""
+        self.constraints.check(spec)
 
     def abort_request(self, request_id: str) -> bool:
         state = self.requests.pop(request_id, None)
         if state is None:
             return False
+        self.constraints.forget(request_id)
         for seq in state.seqs:
             if not seq.is_finished:
                 seq.finish_reason = "abort"
@@ -225,7 +248,7 @@ class LLMEngine:
         return True
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished() or self._in_flight is not None
+        return self.scheduler.has_unfinished() or self._in_flight is not None or len(self.constraints) > 0
 
     # ---- the step -------------------------------------------------------------------------
     def step(self, final_only: bool = False) -> list[RequestOutput]:
@@ -238,9 +261,14 @@ class LLMEngine:
         """
         started = time.perf_counter()
         self.runner.last_device_wait_s = 0.0  # a step that reads nothing back waits for nothing
+        outputs = self._admit_compiled()
+        if self._in_flight is not None and _constrained(self._in_flight[0]):
+            outputs += self._process(self._in_flight, final_only)  # the next mask needs its tokens
+            self._in_flight = None
         batch = self.scheduler.schedule()
-        outputs: list[RequestOutput] = []
         launched = self._launch(batch, outputs) if batch else None
+        if launched is None and self._in_flight is None:
+            self.constraints.wait(GRAMMAR_WAIT_S)  # nothing runs until a grammar compiles
         if self.config.async_scheduling:
             previous, self._in_flight = self._in_flight, None
             if previous is not None:
@@ -253,6 +281,23 @@ class LLMEngine:
             outputs += self._process(launched, final_only)
         self.last_step_total_s = time.perf_counter() - started
         self.last_step_device_wait_s = self.runner.last_device_wait_s
+        return outputs
+
+    def _admit_compiled(self) -> list[RequestOutput]:
+        """Schedules the requests whose grammar has compiled; one that could not compile ends
+        alone, with finish reason "error"."""
+        outputs: list[RequestOutput] = []
+        for request_id, error in self.constraints.take_compiled():
+            state = self.requests.get(request_id)
+            if state is None:
+                continue
+            if self.on_admission is not None:
+                self.on_admission(request_id, error)
+            if error is not None:
+                outputs += self._fail_request(request_id, ValueError(error))
+                continue
+            for seq in state.seqs:
+                self.scheduler.add(seq)
         return outputs
 
     def _launch(self, batch: ScheduledBatch, outputs: list[RequestOutput]
@@ -272,7 +317,7 @@ class LLMEngine:
         state = self.requests.pop(request_id, None)
         if state is None:
             return []
-        logger.warning("request %s failed while its step input was built: %r", request_id, error)
+        logger.warning("request %s failed: %r", request_id, error)
         for seq in state.seqs:
             if not seq.is_finished:
                 seq.finish_reason = "error"
@@ -329,6 +374,8 @@ class LLMEngine:
                 seq.params.logprobs))
         checker = state.checkers[seq.index]
         reason = checker.on_token(seq, token)
+        if reason is None and seq.grammar is not None:
+            reason = grammar_finish(seq, token)
         if reason is not None:
             seq.finish_reason, seq.stop_reason = reason
             self.scheduler.finish(seq)
@@ -382,3 +429,7 @@ class LLMEngine:
             num_late_compilations=self.runner.late_compilations,
             prefix_cache_queries=self.block_manager.prefix_queries, prefix_cache_hits=self.block_manager.prefix_hits,
         )
+
+
+def _constrained(batch: ScheduledBatch) -> bool:
+    return any(seq.grammar is not None and not seq.is_finished for seq in batch.seqs)

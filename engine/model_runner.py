@@ -4,6 +4,8 @@ into padded device arrays and back into sampled tokens.
 Each step runs one program of the bucket plan (engine/bucket_plan.py: padded token count,
 sequence count, block-table width, sampler variant), all compiled ahead of time into a table
 (engine/step_programs.py). The cache is donated to the step, so it is updated in place.
+A sequence with an output constraint (structured outputs) gets its row of the step's packed
+token mask from its grammar's matcher when it samples; the sampler applies the mask.
 
 ``dispatch`` launches a step and returns without waiting; ``fetch`` waits for it. Each step
 also leaves its sampled tokens on the device in a fixed-size buffer, which the next step reads
@@ -36,6 +38,7 @@ from engine.scheduler import ScheduledBatch
 from engine.sequence import Sequence
 from engine.step_input import PENDING_TOKEN, StepInput, empty_sampling, padding_input
 from engine.step_programs import StepPrograms
+from engine.structured_output import GrammarMatcher, bitmask_words, step_bitmask
 from models.config import ModelConfig
 from models.llama import CausalLM
 from models.registry import build_model
@@ -86,9 +89,11 @@ class ModelRunner:
         token_buckets: tuple[int, ...] | None = None,
         seq_buckets: tuple[int, ...] | None = None,
         precompiled: bool = True,
+        token_masks: bool = False,
     ) -> None:
         """``precompiled``: steps are folded onto the bucket plan's variants (all compiled ahead of
-        time); False: each step compiles its own switches on first use (tests, --skip-warmup)."""
+        time); False: each step compiles its own switches on first use (tests, --skip-warmup).
+        ``token_masks``: the plan's sampling variants take a structured-output token mask."""
         self.config = config
         self.params = params
         self.block_size = block_size
@@ -111,7 +116,8 @@ class ModelRunner:
         self.plan = BucketPlan.build(
             max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
             block_size=block_size, attention_backend=attention_backend, platform=jax.default_backend(), dp=self.dp,
-            token_buckets=token_buckets, seq_buckets=seq_buckets, fold=precompiled)
+            token_buckets=token_buckets, seq_buckets=seq_buckets, fold=precompiled,
+            mask_words=bitmask_words(config.vocab_size) if token_masks else 0)
         logger.info(self.plan.describe())
         self._step = self._jit_step()
         self.programs = StepPrograms("step", self._compile_program, ProgramKey.describe)
@@ -220,7 +226,7 @@ class ModelRunner:
             pending = _take_previous(sampling.history[:, 0], inputs.sample_prev_index, prev_tokens)
             sampling = sampling.replace(
                 history=jnp.where(sampling.history == PENDING_TOKEN, pending[:, None], sampling.history))
-        tokens, logprobs = sample(logits, sampling, inputs.mode)
+        tokens, logprobs = sample(logits, sampling, inputs.mode, inputs.token_bitmask)
         out = {"tokens": tokens}
         if logprobs is not None:
             out.update(zip(("logprob", "rank", "top_logprobs", "top_ids"), logprobs))
@@ -259,7 +265,8 @@ class ModelRunner:
         """The step lowered on padding inputs of ``key``'s shapes and switches."""
         inputs = self._dummy_inputs(key.tokens, key.seqs, key.width).replace(
             mode=key.mode, prompt_k=key.prompt_k, max_query_len=key.window,
-            sampling=empty_sampling(self.dp * key.seqs, key.bias_width, key.history_width))
+            sampling=empty_sampling(self.dp * key.seqs, key.bias_width, key.history_width),
+            token_bitmask=np.full((self.dp * key.seqs, key.mask_words), -1, np.int32))
         # Abstract leaves: a mesh over several processes refuses numpy inputs with shardings.
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype),
                                 self.plan.normalize(inputs))
@@ -291,9 +298,21 @@ class ModelRunner:
             return batch, None, failed
         built = build_step_input(batch, slots, self.batch_rows, self.plan.shapes, self.block_size, self.dp,
                                  self.token_buffer_rows, eos_ids)
+        built.inputs = built.inputs.replace(token_bitmask=self._token_bitmask(batch, built))
         if self.step_channel is not None:
             self.step_channel.send_step(built.inputs)
         return batch, InFlightStep(built, self.run_step(built.inputs)), failed
+
+    def _token_bitmask(self, batch: ScheduledBatch, built: BuiltStep) -> np.ndarray:
+        """[S, words] allowed tokens of each sampling row whose sequence has an output constraint
+        (all ones in the others), or [S, 0] when no row has one."""
+        rows = np.shape(built.inputs.seq_lens)[0]
+        matchers: list[GrammarMatcher | None] = [None] * rows
+        for seq, row, samples in zip(batch.seqs, built.rows, built.samples):
+            if samples and seq.grammar is not None:
+                matchers[int(row)] = seq.grammar.step_matcher()
+        mask = step_bitmask(matchers, rows, self.config.vocab_size)
+        return mask if mask is not None else built.inputs.token_bitmask
 
     def fetch(self, step: InFlightStep) -> StepOutput:
         """Waits for a dispatched step and brings its sampled tokens (and logprobs) to the host."""

@@ -39,6 +39,13 @@ MAX_STOP_STRINGS = 32
 MAX_STOP_STRING_CHARS = 1024
 MAX_STOP_TOKEN_IDS = 128
 
+# Structured outputs (engine/structured_output/spec.py) and tools (server/tool_parsers/tools.py): their
+# size is compile time and per-step mask work in the engine core, shared by every request.
+MAX_SPEC_CHARS = 256 * 1024  # a JSON schema (as compact JSON), a regex or a grammar
+MAX_CHOICES = 1024  # strings of a choice constraint
+MAX_CHOICE_CHARS = 4096  # characters of one of them
+MAX_TOOLS = 128  # OpenAI's limit
+
 # Chat requests.
 MAX_MESSAGES = 4096
 MAX_CONTENT_PARTS = 1024

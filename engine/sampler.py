@@ -1,9 +1,11 @@
 """On-device sampling for a batch whose rows each have their own settings.
 
 Order of operations: logit bias (which also carries min_tokens' eos suppression) and
-penalties, then temperature, then top-k / top-p / min-p, then a Gumbel-max draw with a key
-derived from (seed, tokens generated so far), so a seeded request samples the same tokens
-whatever else shares its batch. Logprobs are those of the model's raw distribution.
+penalties, then the structured-output token mask (disallowed tokens get -inf, so greedy and
+sampled rows alike pick an allowed token), then temperature, then top-k / top-p / min-p, then a
+Gumbel-max draw with a key derived from (seed, tokens generated so far), so a seeded request
+samples the same tokens whatever else shares its batch. Logprobs are those of the model's raw
+distribution.
 
 Static switches (``SamplerMode``) pick a program variant; everything else is per row. A
 ``gated`` mode keeps every feature in one program and skips, with a conditional, the work no
@@ -21,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+
+from engine.structured_output.bitmask import ALLOW_ALL, apply_bitmask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +72,14 @@ def apply_bias_and_penalties(logits: jax.Array, t: SamplingTensors, gated: bool 
     if t.history.shape[1]:
         logits = _gate(gated, jnp.any(t.history >= 0), lambda: _penalize(logits, t), lambda: logits)
     return logits
+
+
+def apply_token_mask(logits: jax.Array, mask: jax.Array | None, gated: bool = False) -> jax.Array:
+    """Structured outputs: ``mask`` [S, words] packed int32, a clear bit disallows its token. A row
+    of -1 words allows everything; a gated mode skips the work when every row does."""
+    if mask is None or not mask.shape[1]:
+        return logits
+    return _gate(gated, jnp.any(mask != ALLOW_ALL), lambda: apply_bitmask(logits, mask), lambda: logits)
 
 
 def _add_bias(logits: jax.Array, t: SamplingTensors) -> jax.Array:
@@ -170,11 +182,12 @@ def _draw(logits: jax.Array, t: SamplingTensors, mode: SamplerMode) -> jax.Array
 
 
 def sample(
-    logits: jax.Array, t: SamplingTensors, mode: SamplerMode
+    logits: jax.Array, t: SamplingTensors, mode: SamplerMode, token_mask: jax.Array | None = None
 ) -> tuple[jax.Array, tuple[jax.Array, ...] | None]:
-    """Returns tokens [S] and, when asked, (chosen logprob [S], its rank [S], top-k logprobs, top-k ids)."""
+    """Returns tokens [S] and, when asked, (chosen logprob [S], its rank [S], top-k logprobs, top-k ids).
+    ``token_mask``: the step's packed structured-output mask (``apply_token_mask``)."""
     raw = logits
-    logits = apply_bias_and_penalties(logits, t, mode.gated)
+    logits = apply_token_mask(apply_bias_and_penalties(logits, t, mode.gated), token_mask, mode.gated)
     greedy_tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     tokens = greedy_tokens
     if not mode.all_greedy:

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from engine import request_limits as lim
+from engine.structured_output.spec import StructuredOutputSpec
 
 MAX_LOGPROBS = lim.MAX_LOGPROBS
 
@@ -38,8 +39,14 @@ class SamplingParams:
     skip_special_tokens: bool = True
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    # The output must match this (JSON schema, any JSON object, regex, choice, grammar); vLLM's dict
+    # form ({"json": schema}, {"regex": pattern}, ...) is turned into one. Whether the grammar library
+    # can compile it is found when the engine admits the request.
+    structured_outputs: StructuredOutputSpec | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.structured_outputs, dict):
+            self.structured_outputs = StructuredOutputSpec.from_options(self.structured_outputs)
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if self.stop is None or isinstance(self.stop, tuple):
@@ -82,6 +89,9 @@ class SamplingParams:
         for name in ("logprobs", "prompt_logprobs"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 0, lim.MAX_LOGPROBS)
+        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputSpec):
+            _bad("structured_outputs", "must be a StructuredOutputSpec or a dict like {'json': schema}",
+                 self.structured_outputs)
 
     def _check_logit_bias(self, max_id: int) -> None:
         bias = self.logit_bias

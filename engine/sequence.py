@@ -14,6 +14,7 @@ import time
 
 from engine.outputs import PositionLogprobs
 from engine.sampling_params import SamplingParams
+from engine.structured_output.sequence_grammar import SequenceGrammar
 
 _ids = itertools.count()
 
@@ -58,6 +59,7 @@ class Sequence:
         self.prompt_logprobs: list[PositionLogprobs | None] = []
         self.finish_reason: str | None = None
         self.stop_reason: int | str | None = None
+        self.grammar: SequenceGrammar | None = None  # its output constraint (structured outputs)
         self.first_token_time: float | None = None
         self.num_pending = 0  # sampled tokens still on the device (0 or 1)
         self.pending_row = -1  # where: row of the last dispatched step's sampled-token buffer

@@ -30,7 +30,7 @@ from server.api_server import ApiServerSpec, api_server_main, listening_socket, 
 from server.app import tessera_version
 from server.chat_template import load_chat_template
 from server.sampling import load_generation_defaults
-from server.state import ServerSettings
+from server.state import ServerSettings, check_parser_names
 
 logger = logging.getLogger("engine.serve")
 
@@ -51,8 +51,12 @@ def serve(args: argparse.Namespace) -> int:
         chat_template=load_chat_template(args.chat_template),
         generation_defaults=load_generation_defaults(args.generation_config, args.model),
         log_requests=not args.disable_log_requests,
+        enable_auto_tool_choice=args.enable_auto_tool_choice,
+        tool_call_parser=args.tool_call_parser,
+        reasoning_parser=args.reasoning_parser,
         max_pending_requests=_per_server(args.max_pending_requests, args.api_server_count),
     )
+    check_parser_names(args.tool_call_parser, args.reasoning_parser)
     if is_follower(args):  # the other hosts of a mesh replay process 0's steps, in this process
         follow(args)
         return 0

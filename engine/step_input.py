@@ -43,6 +43,7 @@ class StepInput:
     prompt_targets: Any  # [T] i32 next prompt token of each row (prompt logprobs)
     prev_token_index: Any  # [T] i32 row of the previous step's sampled tokens to feed here, -1: input_ids
     sample_prev_index: Any  # [S] i32 row of the previous step's tokens holding this sequence's pending token
+    token_bitmask: Any  # [S, words] i32 packed allowed tokens per row (structured outputs; -1 words: any); [S, 0]: none
     max_query_len: int = 1  # static bound on any sequence's new tokens
     mode: SamplerMode = SamplerMode(True, False, 0)
     prompt_k: int | None = None  # top-k width of prompt logprobs; None: not computed
@@ -83,5 +84,6 @@ def padding_input(dp: int, tokens: int, seqs: int, width: int) -> StepInput:
         seq_lens=np.zeros(all_seqs, np.int32), query_start_loc=np.zeros(dp * (seqs + 1), np.int32),
         logits_indices=np.zeros(all_seqs, np.int32), sampling=empty_sampling(all_seqs),
         prompt_targets=np.zeros(all_tokens, np.int32), prev_token_index=np.full(all_tokens, -1, np.int32),
-        sample_prev_index=np.full(all_seqs, -1, np.int32), max_query_len=tokens,
+        sample_prev_index=np.full(all_seqs, -1, np.int32), token_bitmask=np.zeros((all_seqs, 0), np.int32),
+        max_query_len=tokens,
     )

@@ -49,7 +49,8 @@ def finish_reason(reason: str | None, called_tools: bool) -> str | None:
 
 
 class ChatDeltaStream:
-    """One streamed choice: ``feed`` each text delta, ``finish`` at its end."""
+    """One streamed choice: ``feed`` each text delta, with ``final`` on its last one (or call
+    ``finish``), so held-back text (a partial tag or marker) goes out."""
 
     def __init__(self, reasoning: ReasoningParser | None, tools: ToolPlan | None) -> None:
         self._reasoning = reasoning.stream() if reasoning is not None else None
@@ -59,16 +60,13 @@ class ChatDeltaStream:
     def called_tools(self) -> bool:
         return self._tools is not None and self._tools.tool_calls_started
 
-    def feed(self, text: str) -> ChatDelta:
-        return self._advance(text, final=False)
-
-    def finish(self) -> ChatDelta:
-        return self._advance("", final=True)
-
-    def _advance(self, text: str, final: bool) -> ChatDelta:
+    def feed(self, text: str, final: bool = False) -> ChatDelta:
         out = ChatDelta()
         if self._reasoning is not None:
-            piece = self._reasoning.finish() if final and not text else self._reasoning.feed(text)
+            piece = self._reasoning.feed(text)
+            if final:
+                last = self._reasoning.finish()
+                piece.reasoning, piece.content = piece.reasoning + last.reasoning, piece.content + last.content
             out.reasoning_content, text = piece.reasoning, piece.content
         if self._tools is None:
             out.content = text
@@ -80,3 +78,6 @@ class ChatDeltaStream:
             out.content += part.content
             out.tool_calls.extend(part.tool_calls)
         return out
+
+    def finish(self) -> ChatDelta:
+        return self.feed("", final=True)

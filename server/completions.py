@@ -69,6 +69,7 @@ async def create_completion(state: ServerState, req: CompletionRequest,
         )
     except ValueError as err:
         raise from_value_error(err) from None
+    source, params.structured_outputs = state.output_constraint(req)
     state.check_capacity()
     if len(prompts) * req.n > MAX_SEQUENCES_PER_REQUEST:
         raise bad_request(f"n times the number of prompts must be at most {MAX_SEQUENCES_PER_REQUEST}, got "
@@ -81,7 +82,7 @@ async def create_completion(state: ServerState, req: CompletionRequest,
     )
     for prompt in prompts:
         state.log_request(job.request_id, prompt, params)
-    streams = await submit(state.engine_loop, job.request_id, prompt_ids, params)
+    streams = await submit(state.engine_loop, job.request_id, prompt_ids, params, source)
     if req.stream:
         body = _stream(state, job, streams)
         # If the response is dropped before its body starts (the client left), nothing else aborts these.

@@ -44,6 +44,14 @@ class EngineDeadError(RequestFailedError):
     status = 503
 
 
+class RefusedError(ValueError):
+    """The engine refused the request (a 400); ``param`` is the field at fault when it said so."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class RequestStream:
     """The outputs of one engine request, consumed on the event loop that submitted it."""
 
@@ -193,12 +201,13 @@ class EngineLoop:
                 tracked.admitted.set_result(None)
             else:
                 del self._tracked[admission.request_id]
-                error = ValueError(admission.error) if admission.status == 400 else RequestFailedError(admission.error)
+                error: Exception = (RefusedError(admission.error, admission.param) if admission.status == 400
+                                    else RequestFailedError(admission.error))
                 tracked.admitted.set_exception(error)
         for failure in step.failures:
             failed = self._tracked.pop(failure.request_id, None)
             if failed is not None:
-                failed.stream.put(RequestFailedError(failure.error))
+                _fail(failed, RequestFailedError(failure.error))
         touched: dict[str, _Tracked] = {}
         for delta in step.deltas:
             tracked = self._tracked.get(delta.request_id)
@@ -264,8 +273,13 @@ class EngineLoop:
         for request_id, tracked in list(self._tracked.items()):
             if abort and self._client is not None and not self._dead:
                 self._client.send(AbortRequests([request_id]))
-            if not tracked.admitted.done():
-                tracked.admitted.set_exception(error)
-            else:
-                tracked.stream.put(error)
+            _fail(tracked, error)
         self._tracked.clear()
+
+
+def _fail(tracked: _Tracked, error: RequestFailedError) -> None:
+    """Ends a request here: its handler waits for its admission, or reads its stream."""
+    if not tracked.admitted.done():
+        tracked.admitted.set_exception(error)
+    else:
+        tracked.stream.put(error)

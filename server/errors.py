@@ -49,8 +49,12 @@ def bad_request(message: str, param: str | None = None) -> APIError:
 
 
 def from_value_error(err: ValueError) -> APIError:
-    """The engine's validation messages start with the offending field's name; use it as ``param``."""
+    """``param``: the error's own (StructuredOutputError, an engine refusal that names it), else the
+    field name the engine's validation messages start with."""
     message = str(err)
+    param = getattr(err, "param", None)
+    if isinstance(param, str):
+        return APIError(400, message, param)
     first = message.split(" ", 1)[0]
     return APIError(400, message, first if first in _PARAM_NAMES else None)
 

@@ -6,7 +6,13 @@ value is accepted here exactly when the engine would accept it (token ids are ch
 vocabulary later, once the model is known). Bodies are decoded strictly (server/request_body.py):
 ``"max_tokens": "10"`` is a 400, not a 10. The OpenAPI schema shows every bound. Unknown fields are
 accepted and ignored (msgspec's default); ``unknown_fields`` names them for a log line, as vLLM does.
-Sampling fields left at None take the model's generation-config default, then OpenAI's.
+Objects whose unknown keys would change what a request means (``structured_outputs`` options) are
+refused instead. Sampling fields left at None take the model's generation-config default, then OpenAI's.
+
+Output constraints and tools are typed and bounded here (sizes from engine/request_limits.py); what
+they mean (one constraint at most, a tool's parameters schema) is checked when they are read
+(server/structured_request.py, server/tool_parsers/tools.py), and whether a grammar compiles, by the
+engine core when it admits the request: each a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -28,11 +34,37 @@ LogitBias = Annotated[
     Meta(max_length=lim.MAX_LOGIT_BIAS_ENTRIES, description="token id (as a string) -> bias added to its logit"),
 ]
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+SpecText = Annotated[str, Meta(min_length=1, max_length=lim.MAX_SPEC_CHARS)]
+Choices = Annotated[list[Annotated[str, Meta(min_length=1, max_length=lim.MAX_CHOICE_CHARS)]],
+                    Meta(min_length=1, max_length=lim.MAX_CHOICES)]
+JsonSchema = dict[str, Any] | SpecText  # an object, or the same as JSON text
 
 
 class StreamOptions(Struct, kw_only=True):
     include_usage: bool = False
     continuous_usage_stats: bool = False
+
+
+class JsonSchemaFormat(Struct, kw_only=True, omit_defaults=True):
+    name: Annotated[str, Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: Annotated[str, Meta(max_length=lim.MAX_SPEC_CHARS)] | None = None
+    schema: dict[str, Any] | bool | None = None
+    strict: bool | None = None
+
+
+class ResponseFormat(Struct, kw_only=True, omit_defaults=True):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputsParams(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """vLLM's ``structured_outputs``: exactly one of these (its tuning options are refused)."""
+
+    json: JsonSchema | None = None
+    regex: SpecText | None = None
+    choice: Choices | None = None
+    grammar: SpecText | None = None
+    json_object: bool | None = None
 
 
 class SamplingFields(Struct, kw_only=True):
@@ -59,6 +91,23 @@ class SamplingFields(Struct, kw_only=True):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # Output constraints (server/structured_request.py reads them; at most one may be given).
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputsParams | None = None
+    guided_json: JsonSchema | None = None
+    guided_regex: SpecText | None = None
+    guided_choice: Choices | None = None
+    guided_grammar: SpecText | None = None
+    guided_decoding_backend: Annotated[str, Meta(max_length=64, description="ignored")] | None = None
+    guided_whitespace_pattern: SpecText | None = None  # refused: it would change what the JSON may look like
+
+    def constraint_fields(self) -> dict[str, Any]:
+        """The output-constraint fields as plain JSON values."""
+        return {name: msgspec.to_builtins(getattr(self, name)) for name in CONSTRAINT_FIELDS}
+
+
+CONSTRAINT_FIELDS = ("response_format", "structured_outputs", "guided_json", "guided_regex", "guided_choice",
+                     "guided_grammar", "guided_decoding_backend", "guided_whitespace_pattern")
 
 
 class CompletionRequest(SamplingFields, kw_only=True):
@@ -86,11 +135,6 @@ class ChatMessage(Struct, kw_only=True):
     tool_call_id: str | None = None
 
 
-class ResponseFormat(Struct, kw_only=True):
-    type: str
-    json_schema: dict[str, Any] | None = None
-
-
 Messages = Annotated[list[ChatMessage], Meta(min_length=1, max_length=lim.MAX_MESSAGES)]
 
 
@@ -100,9 +144,9 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     max_completion_tokens: TokenCount | None = None
     logprobs: bool = False
     top_logprobs: Logprobs | None = None
-    response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: Annotated[list[dict[str, Any]], Meta(max_length=lim.MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     chat_template: Annotated[str, Meta(max_length=lim.MAX_CHAT_TEMPLATE_CHARS, description=(
         "a Jinja template for this request only; refused unless the server runs with "
         "--trust-request-chat-template"))] | None = None

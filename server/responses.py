@@ -64,6 +64,7 @@ class ChatLogprobs(Struct, kw_only=True):
 class AssistantMessage(Struct, kw_only=True):
     role: str = "assistant"
     content: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[dict[str, Any]] = []
 
 
@@ -87,6 +88,8 @@ class ChatCompletionResponse(Struct, kw_only=True):
 class DeltaMessage(Struct, kw_only=True, omit_defaults=True):
     role: str | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChatStreamChoice(Struct, kw_only=True):

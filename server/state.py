@@ -1,5 +1,5 @@
 """What every handler shares: the link to the engine core, the served model and names, and the
-server's settings."""
+server's settings, with the tool-call and reasoning parsers they name."""
 
 from __future__ import annotations
 
@@ -13,10 +13,15 @@ from typing import Any
 from engine.core.served_model import ServedModel
 from engine.request_limits import MAX_CHARS_PER_TOKEN
 from engine.sampling_params import SamplingParams
+from engine.structured_output import StructuredOutputError, StructuredOutputSpec
 from server.engine_loop import EngineLoop
 from server.errors import APIError, bad_request, from_value_error
 from server.metrics import ServerMetrics
+from server.protocol import SamplingFields
+from server.reasoning_parsers import get_reasoning_parser
+from server.structured_request import constraint_and_source
 from server.template_sandbox import TemplateSandbox
+from server.tool_parsers import get_tool_parser
 
 logger = logging.getLogger("server.requests")
 
@@ -40,6 +45,17 @@ class ServerSettings:
     allow_credentials: bool = False
     root_path: str = ""  # the path prefix a reverse proxy serves this server under
     metric_prefixes: tuple[str, ...] = ("vllm:", "tessera:")
+    tool_call_parser: str | None = None  # --tool-call-parser, read with --enable-auto-tool-choice
+    enable_auto_tool_choice: bool = False
+    reasoning_parser: str | None = None  # --reasoning-parser
+
+
+def check_parser_names(tool_call_parser: str | None, reasoning_parser: str | None) -> None:
+    """Unknown --tool-call-parser / --reasoning-parser names fail at start-up, naming the choices."""
+    if tool_call_parser is not None:
+        get_tool_parser(tool_call_parser)
+    if reasoning_parser is not None:
+        get_reasoning_parser(reasoning_parser)
 
 
 class ServerState:
@@ -51,6 +67,8 @@ class ServerState:
         self.settings = settings
         self.created = int(time.time())
         self.template_sandbox = TemplateSandbox() if settings.trust_request_chat_template else None
+        self.reasoning_parser = (get_reasoning_parser(settings.reasoning_parser)
+                                 if settings.reasoning_parser else None)
 
     @property
     def model_names(self) -> list[str]:
@@ -95,6 +113,21 @@ class ServerState:
             raise ValueError(f"prompt has {len(text)} {'characters' if isinstance(text, str) else 'token ids'}: "
                              f"far more than this model's maximum context length of {self.model.max_model_len} "
                              "tokens. Please reduce the length of the input.")
+
+    def output_constraint(self, req: SamplingFields, forced_call: StructuredOutputSpec | None = None
+                          ) -> tuple[str | None, StructuredOutputSpec | None]:
+        """The request's output constraint (response_format, structured_outputs, guided_*, or a
+        forced tool call) and the field it came from; one that cannot be honoured is a 400 naming
+        it. Whether its grammar compiles is the engine core's answer when it admits the request."""
+        try:
+            return constraint_and_source(req.constraint_fields(), forced_call)
+        except StructuredOutputError as err:
+            raise bad_request(str(err), err.param) from None
+
+    @property
+    def auto_tool_parser(self) -> str | None:
+        """The parser that reads tool calls out of free text, when auto tool choice is on."""
+        return self.settings.tool_call_parser if self.settings.enable_auto_tool_choice else None
 
     def decode(self, ids: list[int]) -> str:
         return self.model.decode(ids)

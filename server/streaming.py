@@ -31,8 +31,9 @@ def sse_error(status: int, message: str) -> bytes:
 
 
 async def submit(engine_loop: EngineLoop, request_id: str, prompts: list[list[int]],
-                 params: SamplingParams) -> list[RequestStream]:
-    """One engine request per prompt; all or none are admitted. Engine errors become API errors."""
+                 params: SamplingParams, constraint_source: str | None = None) -> list[RequestStream]:
+    """One engine request per prompt; all or none are admitted. Engine errors become API errors;
+    one about the output constraint names ``constraint_source``, the request field it came from."""
     streams: list[RequestStream] = []
     try:
         for i, ids in enumerate(prompts):
@@ -41,7 +42,10 @@ async def submit(engine_loop: EngineLoop, request_id: str, prompts: list[list[in
     except BaseException as exc:
         abort_unfinished(engine_loop, streams)
         if isinstance(exc, ValueError):
-            raise from_value_error(exc) from None
+            error = from_value_error(exc)
+            if constraint_source is not None and error.param == "structured_outputs":
+                error.param = constraint_source
+            raise error from None
         if isinstance(exc, RequestFailedError):
             raise APIError(exc.status, str(exc)) from None
         raise

@@ -30,6 +30,12 @@ def requested_constraint(fields: Mapping[str, Any],
                          forced_tool_call: StructuredOutputSpec | None = None) -> StructuredOutputSpec | None:
     """The one constraint the request's ``fields`` ask for; ``forced_tool_call`` is the spec a
     ``tool_choice`` demands (from ``server.tool_parsers.forced_calls``), if any."""
+    return constraint_and_source(fields, forced_tool_call)[1]
+
+
+def constraint_and_source(fields: Mapping[str, Any], forced_tool_call: StructuredOutputSpec | None = None
+                          ) -> tuple[str | None, StructuredOutputSpec | None]:
+    """``requested_constraint`` and the request field it came from (to name in a later error)."""
     for name in UNSUPPORTED_FIELDS:
         if fields.get(name) is not None:
             raise StructuredOutputError(f"{name} is not supported", name)
@@ -48,7 +54,7 @@ def requested_constraint(fields: Mapping[str, Any],
     if len(found) > 1:
         names = ", ".join(name for name, _ in found)
         raise StructuredOutputError(f"only one output constraint may be given, got {names}", found[1][0])
-    return found[0][1] if found else None
+    return found[0] if found else (None, None)
 
 
 def _with_param(param: str, make: Any) -> StructuredOutputSpec:

@@ -53,7 +53,7 @@ def make_tiny_engine(tiny_loaded: LoadedModel) -> Callable[..., LLMEngine]:
     return lambda **overrides: _tiny_engine(tiny_loaded, **overrides)
 
 
-TINY_API_SERVERS = 6  # API server 0 is the session server; 1..5 are for tests that build their own app
+TINY_API_SERVERS = 7  # API server 0 is the session server; 1..6 are for tests that build their own app
 
 
 @pytest.fixture(scope="session")

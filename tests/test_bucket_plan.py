@@ -121,3 +121,38 @@ def test_normalized_steps_land_on_planned_keys_and_keep_what_rows_asked(platform
         assert plan.key_of(plan.normalize(step)) == plan.key_of(step)  # normalizing twice changes nothing
     decode = padding_input(1, 4, 4, w).replace(max_query_len=1, mode=SamplerMode(False, False, 1))
     assert plan.key_of(plan.normalize(decode)) in keys
+
+
+@pytest.mark.parametrize("platform,backend", [("cpu", "cpu"), ("gpu", "pallas_gpu")])
+def test_token_masks_ride_in_the_sampling_variants_and_add_no_program(platform: str, backend: str) -> None:
+    """Every variant but static greedy takes the structured-output mask; a step with a constrained
+    row lands on a planned key; an unconstrained step of such a variant gets an all-ones mask."""
+    from engine.step_input import padding_input
+
+    plain, plan = _plan(platform, backend), _plan(platform, backend, mask_words=7)
+    planned = plan.keys()
+    assert len(planned) == len(plain.keys())
+    assert all(k.mask_words == (0 if k.mode.all_greedy else 7) for k in planned)
+    keys = set(planned)
+    for decode in (True, False):
+        t, s, w = plan.shapes(3 if decode else 40, 3, 5, decode)
+        greedy = padding_input(1, t, s, w).replace(max_query_len=1 if decode else 16)  # greedy, no mask
+        masked = plan.normalize(greedy.replace(token_bitmask=np.zeros((s, 7), np.int32)))
+        assert plan.key_of(masked) in keys and plan.key_of(masked).mask_words == 7
+        assert not masked.mode.all_greedy  # a greedy constrained step leaves the static greedy variant
+        free = plan.normalize(greedy)
+        assert plan.key_of(free) in keys
+        assert np.shape(free.token_bitmask) == (s, 0 if free.mode.all_greedy else 7)
+        assert (np.asarray(free.token_bitmask) == -1).all()
+        sampled = plan.normalize(greedy.replace(mode=SamplerMode(False, False, 0)))
+        assert plan.key_of(sampled) in keys and (np.asarray(sampled.token_bitmask) == -1).all()
+        with pytest.raises(ValueError, match="token mask of 5 words"):
+            plan.normalize(greedy.replace(token_bitmask=np.zeros((s, 5), np.int32)))
+
+
+def test_the_engine_plans_token_masks_only_with_a_tokenizer() -> None:
+    from tests.tiny_models import tiny_engine
+
+    engine = tiny_engine()  # token ids only: no grammar can be compiled
+    planned = engine.runner.plan.keys()
+    assert engine.runner.plan.mask_words == 0 and all(k.mask_words == 0 for k in planned)

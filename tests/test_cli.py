@@ -103,6 +103,16 @@ def test_server_flags_of_vllm(capsys: pytest.CaptureFixture[str]) -> None:
     assert "go together" in capsys.readouterr().err
 
 
+def test_tool_and_reasoning_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse_args(["--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--reasoning-parser", "qwen3"])
+    assert (args.tool_call_parser, args.reasoning_parser) == ("hermes", "qwen3")
+    assert engine_config(args).reasoning_end == "</think>"  # the engine core leaves the thinking unconstrained
+    assert engine_config(parse_args([])).reasoning_end is None
+    with pytest.raises(SystemExit):
+        parse_args(["--enable-auto-tool-choice"])
+    assert "needs --tool-call-parser" in capsys.readouterr().err
+
+
 def test_help_lists_vllms_flags(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         parse_args(["--help"])

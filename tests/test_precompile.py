@@ -52,7 +52,22 @@ def _varied_requests(rng: np.random.Generator, vocab: int) -> list[dict[str, Any
         bodies.append(body)
     shared = [int(t) for t in rng.integers(1, vocab, size=40)]
     bodies += [{"model": "tiny", "prompt": shared, "max_tokens": 4, "temperature": 0}] * 2  # prefix-cache hit
-    return bodies
+    return bodies + _constrained_requests(rng, vocab)
+
+
+def _constrained_requests(rng: np.random.Generator, vocab: int) -> list[dict[str, Any]]:
+    """Structured outputs (the token mask rides in the planned sampling variants), greedy and
+    sampled, alone and batched with the rest."""
+    constraints: list[dict[str, Any]] = [
+        {"guided_regex": "[0-9]{2}-[a-z]{3}"}, {"guided_choice": ["yes", "no"]},
+        {"response_format": {"type": "json_object"}},
+        {"structured_outputs": {"json": {"type": "object", "properties": {"n": {"type": "integer"}}}}},
+    ]
+    features: list[dict[str, Any]] = [{"temperature": 0}, {"temperature": 0.9, "seed": 2, "n": 2},
+                                      {"temperature": 0, "logprobs": 2}, {"temperature": 0.7, "top_p": 0.8}]
+    return [{"model": "tiny", "prompt": [int(t) for t in rng.integers(1, vocab, size=length)], "max_tokens": 6,
+             **constraints[i % len(constraints)], **features[i % len(features)]}
+            for i, length in enumerate([3, 20, 40, 5, 30, 9])]
 
 
 async def _send_all(url: str, bodies: list[dict[str, Any]], concurrency: int) -> list[int]:
@@ -73,7 +88,7 @@ def _metric(text: str, name: str) -> float:
 
 def test_server_warms_up_then_compiles_nothing(smollm_tokenizer: Any) -> None:
     """The engine core precompiles before ready; its progress reaches /health; then a varied
-    workload compiles nothing (the core's counters, read through /metrics)."""
+    workload, structured outputs included, compiles nothing (the core's counters, read through /metrics)."""
     from server import ServerSettings
     from server.background import LocalServer
     from tests.tiny_server import build_tiny_engine

@@ -119,6 +119,35 @@ def test_logprobs_are_raw_and_ranked() -> None:
     assert (np.diff(np.asarray(top_values), axis=-1) <= 0).all()
 
 
+@pytest.mark.parametrize("mode", [SamplerMode(False, True, 3), SamplerMode(False, True, 3, gated=True)],
+                         ids=["static", "gated"])
+def test_token_mask_decides_greedy_and_sampled_rows(mode: SamplerMode) -> None:
+    """Random masks: every token drawn is allowed; a greedy row takes the best allowed token
+    (numpy reference); an all-ones row is unchanged; logprobs stay those of the raw logits."""
+    from engine.structured_output import pack_bitmask
+
+    rng = np.random.default_rng(3)
+    rows, vocab = 64, 100  # 100 tokens: the last of 4 words is partly padding
+    logits = rng.normal(size=(rows, vocab)).astype(np.float32) * 3
+    allowed = rng.random((rows, vocab)) < rng.uniform(0.02, 0.5, size=(rows, 1))
+    allowed[np.arange(rows), rng.integers(0, vocab, rows)] = True  # at least one token per row
+    allowed[-1] = True  # an unconstrained row rides along
+    temperature = np.where(np.arange(rows) % 2 == 0, 0.0, 1.0).astype(np.float32)
+    t = _tensors(rows, temperature=temperature, top_k=np.where(np.arange(rows) % 4 == 1, 5, 0).astype(np.int32),
+                 wants_logprobs=np.ones(rows, bool))
+    run = jax.jit(sample, static_argnames="mode")
+    tokens, (chosen, _, _, _) = run(jnp.asarray(logits), t, mode=mode, token_mask=jnp.asarray(pack_bitmask(allowed)))
+    tokens = np.asarray(tokens)
+    assert allowed[np.arange(rows), tokens].all()
+    greedy = temperature == 0
+    best_allowed = np.where(allowed, logits, -np.inf).argmax(-1)
+    assert (tokens[greedy] == best_allowed[greedy]).all()
+    raw = np.asarray(jax.nn.log_softmax(logits, axis=-1))[np.arange(rows), tokens]
+    np.testing.assert_allclose(np.asarray(chosen), raw, rtol=1e-5)
+    unmasked, _ = run(jnp.asarray(logits), t, mode=mode, token_mask=jnp.full((rows, 4), -1, jnp.int32))
+    assert (np.asarray(unmasked)[greedy] == logits.argmax(-1)[greedy]).all()
+
+
 @pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=0.0), dict(top_p=1.5), dict(max_tokens=0),
                                  dict(top_k=-3), dict(min_p=2.0), dict(n=0), dict(logprobs=50),
                                  dict(presence_penalty=3.0), dict(min_tokens=5, max_tokens=2)])

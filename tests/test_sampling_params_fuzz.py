@@ -56,6 +56,10 @@ FIELDS = {
     "ignore_eos": _mostly(st.booleans(), JUNK),
     "logprobs": st.one_of(st.none(), _int(0, 1)),  # (each logprob width is a compiled variant: keep few)
     "prompt_logprobs": st.one_of(st.none(), _int(0, 1)),
+    # vLLM's dict form; the tiny engine has no tokenizer, so it refuses even a valid one at admission
+    "structured_outputs": st.one_of(st.none(), _mostly(
+        st.sampled_from([{"choice": ["a", "b"]}, {"regex": "[ab]+"}, {"json_object": True}]),
+        st.one_of(JUNK, st.dictionaries(st.sampled_from(["regex", "choice", "json", "x"]), JUNK, max_size=2)))),
 }
 
 _ids = itertools.count()

@@ -64,12 +64,12 @@ def test_too_long_prompt_gets_vllms_message(http: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize("extra, param", [
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "yaml"}}, "response_format"),
     ({"top_logprobs": 2}, "top_logprobs"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages"),
     ({"messages": []}, "messages"),
-], ids=["json-mode", "top-logprobs-alone", "tools", "image-part", "no-messages"])
+], ids=["unknown-response-format", "top-logprobs-alone", "tools", "image-part", "no-messages"])
 def test_bad_chat_requests(http: httpx.Client, extra: dict[str, Any], param: str) -> None:
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], **extra}
     assert _error(http.post("/v1/chat/completions", json=body), 400)["param"] == param

@@ -64,7 +64,7 @@ def _step_failing_once(step: Any, failures: list[int], *args: Any, **kwargs: Any
     return step(*args, **kwargs)
 
 
-def _add_failing_on_13(add: Any, request_id: str, prompt: Any, *args: Any, **kwargs: Any) -> None:
+def _add_failing_on_13(add: Any, request_id: str, prompt: Any, *args: Any, **kwargs: Any) -> bool:
     if 13 in prompt:
         raise OverflowError("Python int too large to convert to C int")
-    add(request_id, prompt, *args, **kwargs)
+    return bool(add(request_id, prompt, *args, **kwargs))

@@ -6,6 +6,11 @@ abort the request here when one matches. Between steps the loop drains its inbox
 when it has nothing to run); after every step it sends each API server the new tokens of its own
 requests together with the engine's stats, and an idle core still reports stats after aborts, so
 ``/metrics`` shows freed KV blocks at once.
+
+Admissions: a request is answered at once, except one whose output constraint is still compiling
+(here, in the core, where its matcher runs): the engine admits it once compiled
+(``LLMEngine.on_admission``) and the answer goes with that step's outputs, a refusal naming the
+field (a 400 for that request alone; the engine goes on).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import queue
 import threading
 import time
 
+from engine.constrained import PARAM as CONSTRAINT_PARAM
 from engine.core.messages import (
     AbortRequests,
     AddRequest,
@@ -59,6 +65,8 @@ class EngineCore:
         self._owners: dict[str, _Owner] = {}
         self._unscheduled: set[str] = set()
         self._step_failures = 0
+        self._admissions: dict[int, list[Admission]] = {}  # answers found during a step, per API server
+        engine.on_admission = self._admitted
 
     def run(self) -> None:
         """Steps until ``stop_requested``; then aborts whatever is still running."""
@@ -108,7 +116,7 @@ class EngineCore:
                     owner.scheduled_time = step_start
 
     def _fail_all(self, error: str) -> None:
-        failures: dict[int, list[Failure]] = {}
+        failures: dict[int, list[Failure]] = {client: [] for client in self._admissions}
         for request_id, owner in self._owners.items():
             try:
                 self.engine.abort_request(request_id)
@@ -119,7 +127,7 @@ class EngineCore:
         self._unscheduled.clear()
         stats = self.stats()
         for client, failed in failures.items():
-            self.sockets.send(client, StepOutputs([], [], stats, failed))
+            self.sockets.send(client, StepOutputs([], self._admissions.pop(client, []), stats, failed))
 
     def _take(self, block: bool) -> list[ToCore]:
         messages: list[ToCore] = []
@@ -139,7 +147,9 @@ class EngineCore:
         admissions: dict[int, list[Admission]] = {}
         for message in messages:
             if isinstance(message, AddRequest):
-                admissions.setdefault(message.client_index, []).append(self._add(message))
+                answer = self._add(message)
+                if answer is not None:
+                    admissions.setdefault(message.client_index, []).append(answer)
             elif isinstance(message, Refused):
                 admissions.setdefault(message.client_index, []).append(Admission(message.request_id, message.error))
             elif isinstance(message, Hello):
@@ -152,11 +162,12 @@ class EngineCore:
                 self.sockets.send(client, StepOutputs([], answers, stats))
         return bool(messages)
 
-    def _add(self, add: AddRequest) -> Admission:
+    def _add(self, add: AddRequest) -> Admission | None:
+        """The answer to an add; None while its output constraint compiles (``_admitted`` answers)."""
         try:
-            self.engine.add_request(add.request_id, add.prompt_token_ids, add.params, add.arrival_time)
+            scheduled = self.engine.add_request(add.request_id, add.prompt_token_ids, add.params, add.arrival_time)
         except ValueError as err:
-            return Admission(add.request_id, str(err))
+            return Admission(add.request_id, str(err), param=getattr(err, "param", None))
         except Exception as exc:  # a bug, not bad input: this request fails alone
             logger.exception("Adding request %s failed", add.request_id)
             if add.request_id in self.engine.requests:
@@ -164,7 +175,18 @@ class EngineCore:
             return Admission(add.request_id, f"The engine could not add this request: {type(exc).__name__}", 500)
         self._owners[add.request_id] = _Owner(add.client_index, [0] * add.params.n)
         self._unscheduled.add(add.request_id)
-        return Admission(add.request_id)
+        return None if scheduled is False else Admission(add.request_id)
+
+    def _admitted(self, request_id: str, error: str | None) -> None:
+        """The engine has scheduled a request that waited for its grammar, or refused it (``error``)."""
+        owner = self._owners.get(request_id)
+        if owner is None:
+            return
+        if error is not None:  # its error output is not sent: the API server answers with a 400
+            del self._owners[request_id]
+            self._unscheduled.discard(request_id)
+        self._admissions.setdefault(owner.client, []).append(
+            Admission(request_id, error, param=CONSTRAINT_PARAM if error is not None else None))
 
     def _abort(self, abort: AbortRequests) -> None:
         for request_id in abort.request_ids:
@@ -201,7 +223,7 @@ class EngineCore:
     def _send(self, deltas: dict[int, list[SequenceDelta]]) -> None:
         stats = self.stats()
         for client in range(self.sockets.num_clients):
-            self.sockets.send(client, StepOutputs(deltas.get(client, []), [], stats))
+            self.sockets.send(client, StepOutputs(deltas.get(client, []), self._admissions.pop(client, []), stats))
 
     def stats(self) -> CoreStats:
         return CoreStats(**dataclasses.asdict(self.engine.stats()))

@@ -60,12 +60,15 @@ class SequenceDelta(msgspec.Struct, array_like=True, omit_defaults=True):
 
 
 class Admission(msgspec.Struct, array_like=True, omit_defaults=True):
-    """The engine's answer to an AddRequest: ``error`` is its ValueError (too long, bad ids, ...:
-    ``status`` 400) or what went wrong in the engine (500)."""
+    """The engine's answer to an AddRequest: ``error`` is its ValueError (too long, bad ids, an
+    output constraint that does not compile, ...: ``status`` 400, ``param`` the SamplingParams
+    field at fault when the engine knows it) or what went wrong in the engine (500). A request
+    with an output constraint is answered once its grammar has compiled, in a later message."""
 
     request_id: str
     error: str | None = None
     status: int = 400
+    param: str | None = None
 
 
 class Failure(msgspec.Struct, array_like=True):

@@ -31,6 +31,11 @@ class SequenceGrammar:
         return self._compiled.done()
 
     @property
+    def compile_future(self) -> concurrent.futures.Future[CompiledGrammar]:
+        """The compile this grammar waits for (to wait on it, with others)."""
+        return self._compiled
+
+    @property
     def failure(self) -> str | None:
         """Why the constraint cannot go on (a compile error, a refused token), else None."""
         matcher = self._ensure_matcher()

@@ -14,12 +14,13 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from engine.request_limits import MAX_CHOICE_CHARS, MAX_CHOICES, MAX_SPEC_CHARS
+
+__all__ = ["MAX_CHOICES", "MAX_CHOICE_CHARS", "MAX_SPEC_CHARS", "StructuredOutputError", "StructuredOutputSpec"]
+
 Kind = Literal["json_schema", "json_object", "regex", "choice", "grammar"]
 KINDS: tuple[str, ...] = ("json_schema", "json_object", "regex", "choice", "grammar")
 
-MAX_SPEC_CHARS = 256 * 1024  # a schema / regex / grammar larger than this is refused
-MAX_CHOICES = 1024
-MAX_CHOICE_CHARS = 4096
 # vLLM's StructuredOutputsParams keys -> our kinds; its tuning options that change the meaning
 # (whitespace, fallback) are refused rather than ignored.
 OPTION_KINDS = {"json": "json_schema", "regex": "regex", "choice": "choice", "grammar": "grammar",
@@ -59,6 +60,10 @@ class StructuredOutputSpec:
                                         f"the limit is {MAX_SPEC_CHARS}")
         if self.kind != "json_object" and not self.text.strip():
             raise StructuredOutputError(f"{self.kind} must not be empty")
+
+    def __repr__(self) -> str:  # request logs show what kind, not a 256 KiB schema
+        shown = self.text if len(self.text) <= 80 else self.text[:77] + "..."
+        return f"StructuredOutputSpec(kind={self.kind!r}, text={shown!r})"
 
     @classmethod
     def json_schema(cls, schema: dict[str, Any] | str) -> StructuredOutputSpec:
@@ -121,7 +126,7 @@ class StructuredOutputSpec:
         try:
             return cls.from_kind(OPTION_KINDS[key], options[key])
         except StructuredOutputError as err:
-            raise StructuredOutputError(f"{where}.{key}: {err}", f"{where}.{key}") from None
+            raise StructuredOutputError(f"{where} option {key!r}: {err}", f"{where}.{key}") from None
 
     @classmethod
     def from_kind(cls, kind: str, value: Any) -> StructuredOutputSpec:

@@ -15,7 +15,10 @@ from typing import Any, Literal
 
 import jsonschema
 
-MAX_TOOLS = 128
+from engine.request_limits import MAX_TOOLS
+
+__all__ = ["MAX_TOOLS", "FunctionTool", "ToolChoice", "ToolError", "parse_tool_choice", "parse_tools"]
+
 _NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
 ChoiceMode = Literal["none", "auto", "required", "function"]
