@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from models.config import ModelConfig
 from models.llama import CausalLM
+from ops.attention import get_backend
 from ops.head_sharded_attention import HeadSharding
 
 SUPPORTED_ARCHITECTURES: dict[str, type[CausalLM]] = {
@@ -23,4 +24,4 @@ def build_model(
             f"unsupported architecture {config.architecture!r}; "
             f"supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
         )
-    return module(config, attention_backend, heads)
+    return module(config, get_backend(attention_backend, heads))

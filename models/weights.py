@@ -19,6 +19,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from models.config import ModelConfig
 from models.llama import CausalLM
+from ops.attention_metadata import AttentionMetadata
 
 ParamPath = tuple[str, ...]
 Placement = Callable[[ParamPath, np.ndarray], jax.Array]
@@ -61,8 +62,6 @@ def hf_name_to_path(name: str) -> tuple[ParamPath, bool] | None:
 
 def param_shapes(config: ModelConfig) -> dict[ParamPath, jax.ShapeDtypeStruct]:
     """Every parameter's path and abstract shape, computed without allocating anything."""
-    from ops.attention import AttentionMetadata
-
     model = CausalLM(config)
     md = AttentionMetadata(
         slot_mapping=jnp.zeros(1, jnp.int32), block_tables=jnp.zeros((1, 1), jnp.int32),
