@@ -4,6 +4,7 @@ The families differ only in flags of ``ModelConfig``: qkv bias (Qwen2), q/k RMSN
 sliding window (Mistral), rope scaling (Llama 3.1), tied embeddings (SmolLM2, small Qwens).
 Layers are unrolled in Python and each owns its K/V pools, so the jitted step updates every
 pool in place (a cache carried through ``lax.scan`` gets copied; see docs/architecture.md).
+``LLAMA_WEIGHTS`` declares every parameter the modules below create, under all its names.
 The attention backend's step plan is built once per step here and shared by every layer.
 """
 
@@ -17,34 +18,45 @@ import jax.numpy as jnp
 
 from models.config import ModelConfig
 from models.rope import apply_rope, inverse_frequencies
+from models.weight_table import NORM_AXES, LogicalAxes, Weight, WeightTable
 from ops.attention_backend import AttentionBackend, AttentionShape, AttentionSpec
 from ops.attention_metadata import AttentionMetadata, StepPlan
 from ops.reference_attention import ReferenceAttention
 
 KVCache = tuple[jax.Array, jax.Array]
 
-# Logical axes of every parameter, by the last two path components (module, leaf).
-# sharding/ maps these names onto mesh axes; the model never names a mesh axis.
-PARAM_LOGICAL_AXES: dict[tuple[str, str], tuple[str | None, ...]] = {
-    ("embed_tokens", "embedding"): ("vocab", "embed"),
-    ("q_proj", "kernel"): ("embed", "q_heads"),
-    ("q_proj", "bias"): ("q_heads",),
-    ("k_proj", "kernel"): ("embed", "kv_heads"),
-    ("k_proj", "bias"): ("kv_heads",),
-    ("v_proj", "kernel"): ("embed", "kv_heads"),
-    ("v_proj", "bias"): ("kv_heads",),
-    ("o_proj", "kernel"): ("q_heads", "embed"),
-    ("gate_proj", "kernel"): ("embed", "mlp"),
-    ("up_proj", "kernel"): ("embed", "mlp"),
-    ("down_proj", "kernel"): ("mlp", "embed"),
-    ("lm_head", "kernel"): ("embed", "vocab"),
-}
-NORM_LOGICAL_AXES: tuple[str | None, ...] = ("norm",)
-KV_CACHE_LOGICAL_AXES: tuple[str | None, ...] = ("kv_blocks", None, "kv_heads", None)
-
-
-def logical_axes_of(path: tuple[str, ...]) -> tuple[str | None, ...]:
-    return PARAM_LOGICAL_AXES.get(tuple(path[-2:]), NORM_LOGICAL_AXES)
+# Logical axes name dimensions; sharding/ maps them onto mesh axes (the model never names one).
+LLAMA_WEIGHTS = WeightTable(
+    family="llama",
+    model=(
+        Weight(("embed_tokens", "embedding"), ("vocab", "embed"), "model.embed_tokens.weight", "token_embd.weight"),
+        Weight(("norm", "scale"), NORM_AXES, "model.norm.weight", "output_norm.weight"),
+        Weight(("lm_head", "kernel"), ("embed", "vocab"), "lm_head.weight", "output.weight", transpose=True),
+    ),
+    layer=(
+        Weight(("input_layernorm", "scale"), NORM_AXES, "input_layernorm.weight", "attn_norm.weight"),
+        Weight(("self_attn", "q_proj", "kernel"), ("embed", "q_heads"),
+               "self_attn.q_proj.weight", "attn_q.weight", transpose=True),
+        Weight(("self_attn", "q_proj", "bias"), ("q_heads",), "self_attn.q_proj.bias", "attn_q.bias"),
+        Weight(("self_attn", "k_proj", "kernel"), ("embed", "kv_heads"),
+               "self_attn.k_proj.weight", "attn_k.weight", transpose=True),
+        Weight(("self_attn", "k_proj", "bias"), ("kv_heads",), "self_attn.k_proj.bias", "attn_k.bias"),
+        Weight(("self_attn", "v_proj", "kernel"), ("embed", "kv_heads"),
+               "self_attn.v_proj.weight", "attn_v.weight", transpose=True),
+        Weight(("self_attn", "v_proj", "bias"), ("kv_heads",), "self_attn.v_proj.bias", "attn_v.bias"),
+        Weight(("self_attn", "q_norm", "scale"), NORM_AXES, "self_attn.q_norm.weight", "attn_q_norm.weight"),
+        Weight(("self_attn", "k_norm", "scale"), NORM_AXES, "self_attn.k_norm.weight", "attn_k_norm.weight"),
+        Weight(("self_attn", "o_proj", "kernel"), ("q_heads", "embed"),
+               "self_attn.o_proj.weight", "attn_output.weight", transpose=True),
+        Weight(("post_attention_layernorm", "scale"), NORM_AXES, "post_attention_layernorm.weight", "ffn_norm.weight"),
+        Weight(("mlp", "gate_proj", "kernel"), ("embed", "mlp"), "mlp.gate_proj.weight", "ffn_gate.weight",
+               transpose=True),
+        Weight(("mlp", "up_proj", "kernel"), ("embed", "mlp"), "mlp.up_proj.weight", "ffn_up.weight", transpose=True),
+        Weight(("mlp", "down_proj", "kernel"), ("mlp", "embed"), "mlp.down_proj.weight", "ffn_down.weight",
+               transpose=True),
+    ),
+)
+KV_CACHE_LOGICAL_AXES: LogicalAxes = ("kv_blocks", None, "kv_heads", None)
 
 
 class RMSNorm(nn.Module):
