@@ -33,13 +33,15 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ops import pallas_gpu_attention as gpu  # noqa: E402
-from ops.attention import AttentionMetadata, write_kv  # noqa: E402
+from ops.attention_backend import AttentionShape, AttentionSpec, write_kv  # noqa: E402
+from ops.attention_metadata import AttentionMetadata  # noqa: E402
 from ops.pallas_cases import make_case, pool_copies, relative_error  # noqa: E402
-from ops.reference_attention import reference_paged_attention  # noqa: E402
+from ops.reference_attention import ReferenceAttention  # noqa: E402
 
 warnings.simplefilter("ignore", DeprecationWarning)
 SET_BYTES = 1 << 30
 RESULTS: dict = {"cases": {}, "correctness": [], "errors": []}
+REFERENCE = ReferenceAttention()
 
 
 def log(*args) -> None:
@@ -116,18 +118,15 @@ def time_ours(name, shared, sets, configs, scale, window=None, cap=None) -> dict
     """Best time over ``configs`` of the kernel alone (per-step tables built beforehand, as in a
     model where all layers share them), and the default config's time with the tables built."""
     best = None
+    spec = AttentionSpec(scale, window, cap)
     for config in configs:
-        q0, md0 = sets[0]
-        launch = gpu.plan_launch(q0.shape, shared[0].shape, md0, config)
-        prepared = [
-            (q, *gpu.prepare_tables(md, q.shape[0], launch), md.query_start_loc[-1]) for q, md in sets
-        ]
+        backend = gpu.PallasGpuAttention(config)
+        prepared = [(q, backend.prepare(md, AttentionShape.of(q.shape, shared[0].shape))) for q, md in sets]
+        launch = prepared[0][1].launch
 
-        def run(sh, s, launch=launch):
-            q, tiles, tables, real = s
-            return gpu.run_kernel(q, sh[0], sh[1], tiles, tables, real, launch, scale=scale,
-                                  sliding_window=window, soft_cap=cap,
-                                  interpret=jax.default_backend() != "gpu")
+        def run(sh, s, backend=backend):
+            q, plan = s
+            return backend.attend(q, sh[0], sh[1], plan, spec)
 
         cfg = launch.config
         label = (f"rows={launch.rows} block_q={launch.block_q} block_k={cfg.block_k} "
@@ -144,8 +143,8 @@ def time_ours(name, shared, sets, configs, scale, window=None, cap=None) -> dict
     if best is None:
         return {}
     t_full = measure(
-        lambda sh, s: gpu.pallas_gpu_paged_attention(s[0], sh[0], sh[1], s[1], scale=scale,
-                                                     sliding_window=window, soft_cap=cap),
+        lambda sh, s: gpu.PallasGpuAttention().paged_attention(s[0], sh[0], sh[1], s[1], scale=scale,
+                                                               sliding_window=window, soft_cap=cap),
         shared, sets)
     log(f"  {name} ours default config, tables built in the call: {t_full * 1e6:.1f} us")
     return {"ours_s": best[0], "ours_config": best[1], "ours_default_with_tables_s": t_full}
@@ -153,7 +152,7 @@ def time_ours(name, shared, sets, configs, scale, window=None, cap=None) -> dict
 
 def time_reference(shared, sets, scale, **kw) -> float:
     # Four sets suffice for the slow XLA path and keep its unrolled program's compile short.
-    return measure(lambda sh, s: reference_paged_attention(s[0], sh[0], sh[1], s[1], scale=scale, **kw),
+    return measure(lambda sh, s: REFERENCE.paged_attention(s[0], sh[0], sh[1], s[1], scale=scale, **kw),
                    shared, sets[:4])
 
 
@@ -168,9 +167,9 @@ def time_peer(shared, sets) -> float:
 
 def check_against_reference(name, shared, sets, scale, config=None, **kw) -> float:
     q, md = sets[0]
-    out = gpu.pallas_gpu_paged_attention(q, shared[0], shared[1], md, scale=scale, config=config, **kw)
+    out = gpu.PallasGpuAttention(config).paged_attention(q, shared[0], shared[1], md, scale=scale, **kw)
     with jax.default_matmul_precision("highest"):  # XLA's GPU default for f32 dots is TF32
-        ref = reference_paged_attention(q, shared[0], shared[1], md, scale=scale, **kw)
+        ref = REFERENCE.paged_attention(q, shared[0], shared[1], md, scale=scale, **kw)
     err = relative_error(out.astype(jnp.float32), ref.astype(jnp.float32))
     nan = bool(jnp.isnan(out).any())
     log(f"  {name}: relative error vs reference {err:.2e}{' NaN!' if nan else ''}")
@@ -198,11 +197,11 @@ def correctness_pass() -> None:
         case = make_case(seed, ql, sl, num_heads=group * kv, num_kv_heads=kv, head_dim=d,
                          block_size=bs, dtype=dtype, pad_tokens=3)
         try:
-            out = gpu.pallas_gpu_paged_attention(case.q, case.k_cache, case.v_cache, case.md,
-                                                 scale=d**-0.5, config=cfg, **kw)
+            out = gpu.PallasGpuAttention(cfg).paged_attention(case.q, case.k_cache, case.v_cache, case.md,
+                                                              scale=d**-0.5, **kw)
             k_clean, v_clean = case.clean()
             with jax.default_matmul_precision("highest"):
-                ref = reference_paged_attention(case.q, k_clean, v_clean, case.md, scale=d**-0.5, **kw)
+                ref = REFERENCE.paged_attention(case.q, k_clean, v_clean, case.md, scale=d**-0.5, **kw)
             out32 = np.asarray(out.astype(jnp.float32))
             err = relative_error(out32, ref.astype(jnp.float32))
             ok = (not np.isnan(out32).any()) and (out32[sum(ql):] == 0).all()
@@ -222,7 +221,7 @@ def pool_copy_check() -> None:
 
     def step(k_cache, v_cache, q, k, v, md):
         k_cache, v_cache = write_kv(k_cache, v_cache, k, v, md.slot_mapping)
-        out = gpu.pallas_gpu_paged_attention(q, k_cache, v_cache, md, scale=0.088)
+        out = gpu.PallasGpuAttention().paged_attention(q, k_cache, v_cache, md, scale=0.088)
         return out, k_cache, v_cache
 
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(

@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from benchmarks.kernels import measure, paged_step
     from models.head_layout import plan_head_layout
-    from ops.head_sharded_attention import HeadSharding, head_sharded_write_and_attend
+    from ops.attention import get_backend
+    from ops.attention_backend import AttentionShape, AttentionSpec
+    from ops.head_sharded_attention import HeadSharding
 
     layout = plan_head_layout(args.heads, args.kv_heads, args.tp)
     if not layout.is_identity:
@@ -74,11 +76,14 @@ def main(argv: list[str] | None = None) -> dict:
               "copy_bytes_per_s": copy_bw, "kv_bytes_per_gpu": kv_bytes_per_gpu, "backends": {}}
     print(f"copy bandwidth of one device: {copy_bw / 1e9:.1f} GB/s; KV read per device per step: "
           f"{kv_bytes_per_gpu / 2**20:.1f} MiB")
+    spec = AttentionSpec(scale=args.head_dim**-0.5)
     for backend in args.backends:
-        def step(pools, inputs, backend=backend):
+        attention = get_backend(backend, heads)
+
+        def step(pools, inputs, attention=attention):
             q, md = inputs
-            out, _, _ = head_sharded_write_and_attend(q, new_kv, new_kv, *pools, md, heads, scale=args.head_dim**-0.5,
-                                                      backend=backend)
+            plan = attention.prepare(md, AttentionShape.of(q.shape, pools[0].shape))
+            out, _, _ = attention.write_and_attend(q, new_kv, new_kv, *pools, plan, spec)
             return out
 
         seconds = measure(step, shared, sets)

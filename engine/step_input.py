@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from engine.sampler import SamplerMode, SamplingTensors
-from ops.attention import AttentionMetadata
+from ops.attention_metadata import AttentionMetadata
 
 _SETTING_COLUMNS = (
     ("temperature", np.float32), ("top_p", np.float32), ("top_k", np.int32), ("min_p", np.float32),

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from models.config import ModelConfig
+from models.weight_table import LogicalAxes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,52 +85,48 @@ def padded_config(config: ModelConfig, layout: HeadLayout) -> ModelConfig:
     return dataclasses.replace(config, num_heads=layout.padded_heads, num_kv_heads=layout.padded_kv_heads)
 
 
-# Which head axis of a parameter carries heads, by the last two path components:
-# (head kind, axis of the array that holds heads x head_dim).
-HEAD_AXES: dict[tuple[str, str], tuple[str, int]] = {
-    ("q_proj", "kernel"): ("q", 1),
-    ("q_proj", "bias"): ("q", 0),
-    ("k_proj", "kernel"): ("kv", 1),
-    ("k_proj", "bias"): ("kv", 0),
-    ("v_proj", "kernel"): ("kv", 1),
-    ("v_proj", "bias"): ("kv", 0),
-    ("o_proj", "kernel"): ("q", 0),
-}
+def head_axis(axes: LogicalAxes) -> tuple[str, int] | None:
+    """(``"q_heads"`` or ``"kv_heads"``, the dimension holding heads x head_dim) of a parameter
+    with these logical axes (``models.weight_table``), or None when it has no head dimension."""
+    for dim, name in enumerate(axes):
+        if name in ("q_heads", "kv_heads"):
+            return name, dim
+    return None
 
 
-def padded_shape(path: tuple[str, ...], shape: tuple[int, ...], layout: HeadLayout) -> tuple[int, ...]:
-    """The shape of parameter ``path`` after padding (unchanged for parameters without heads)."""
-    entry = HEAD_AXES.get(tuple(path[-2:]))
+def padded_shape(axes: LogicalAxes, shape: tuple[int, ...], layout: HeadLayout) -> tuple[int, ...]:
+    """The shape of a parameter after padding (unchanged for parameters without heads)."""
+    entry = head_axis(axes)
     if entry is None:
         return tuple(shape)
-    kind, axis = entry
-    heads = layout.num_heads if kind == "q" else layout.num_kv_heads
-    padded = layout.padded_heads if kind == "q" else layout.padded_kv_heads
+    kind, dim = entry
+    heads = layout.num_heads if kind == "q_heads" else layout.num_kv_heads
+    padded = layout.padded_heads if kind == "q_heads" else layout.padded_kv_heads
     out = list(shape)
-    out[axis] = shape[axis] // heads * padded
+    out[dim] = shape[dim] // heads * padded
     return tuple(out)
 
 
-def head_gather_index(path: tuple[str, ...], shape: tuple[int, ...], layout: HeadLayout) -> tuple[int, np.ndarray] | None:
+def head_gather_index(axes: LogicalAxes, shape: tuple[int, ...], layout: HeadLayout) -> tuple[int, np.ndarray] | None:
     """(axis, index) such that taking ``index`` along ``axis`` of ``concat(param, zeros)`` pads it.
 
     Index ``shape[axis]`` points at the appended zero slice. None for parameters without heads.
     """
-    entry = HEAD_AXES.get(tuple(path[-2:]))
+    entry = head_axis(axes)
     if entry is None:
         return None
     kind, axis = entry
-    heads = layout.num_heads if kind == "q" else layout.num_kv_heads
-    source = np.asarray(layout.q_source if kind == "q" else layout.kv_source)
+    heads = layout.num_heads if kind == "q_heads" else layout.num_kv_heads
+    source = np.asarray(layout.q_source if kind == "q_heads" else layout.kv_source)
     head_dim = shape[axis] // heads
     within = np.arange(head_dim)
     index = np.where(source[:, None] >= 0, source[:, None] * head_dim + within, shape[axis])
     return axis, index.reshape(-1).astype(np.int32)
 
 
-def pad_heads(path: tuple[str, ...], array: Any, layout: HeadLayout, xp: Any = np) -> Any:
-    """One parameter with its heads padded; ``xp`` is numpy or jax.numpy."""
-    gather = head_gather_index(path, tuple(array.shape), layout)
+def pad_heads(axes: LogicalAxes, array: Any, layout: HeadLayout, xp: Any = np) -> Any:
+    """One parameter (with these logical axes) with its heads padded; ``xp`` is numpy or jax.numpy."""
+    gather = head_gather_index(axes, tuple(array.shape), layout)
     if gather is None:
         return array
     axis, index = gather

@@ -4,9 +4,13 @@ The families differ only in flags of ``ModelConfig``: qkv bias (Qwen2), q/k RMSN
 sliding window (Mistral), rope scaling (Llama 3.1), tied embeddings (SmolLM2, small Qwens).
 Layers are unrolled in Python and each owns its K/V pools, so the jitted step updates every
 pool in place (a cache carried through ``lax.scan`` gets copied; see docs/architecture.md).
+``LLAMA_WEIGHTS`` declares every parameter the modules below create, under all its names.
+The attention backend's step plan is built once per step here and shared by every layer.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -14,33 +18,45 @@ import jax.numpy as jnp
 
 from models.config import ModelConfig
 from models.rope import apply_rope, inverse_frequencies
-from ops.attention import AttentionMetadata, paged_attention, write_kv
-from ops.head_sharded_attention import HeadSharding, head_sharded_write_and_attend
+from models.weight_table import NORM_AXES, LogicalAxes, Weight, WeightTable
+from ops.attention_backend import AttentionBackend, AttentionShape, AttentionSpec
+from ops.attention_metadata import AttentionMetadata, StepPlan
+from ops.reference_attention import ReferenceAttention
 
 KVCache = tuple[jax.Array, jax.Array]
 
-# Logical axes of every parameter, by the last two path components (module, leaf).
-# sharding/ maps these names onto mesh axes; the model never names a mesh axis.
-PARAM_LOGICAL_AXES: dict[tuple[str, str], tuple[str | None, ...]] = {
-    ("embed_tokens", "embedding"): ("vocab", "embed"),
-    ("q_proj", "kernel"): ("embed", "q_heads"),
-    ("q_proj", "bias"): ("q_heads",),
-    ("k_proj", "kernel"): ("embed", "kv_heads"),
-    ("k_proj", "bias"): ("kv_heads",),
-    ("v_proj", "kernel"): ("embed", "kv_heads"),
-    ("v_proj", "bias"): ("kv_heads",),
-    ("o_proj", "kernel"): ("q_heads", "embed"),
-    ("gate_proj", "kernel"): ("embed", "mlp"),
-    ("up_proj", "kernel"): ("embed", "mlp"),
-    ("down_proj", "kernel"): ("mlp", "embed"),
-    ("lm_head", "kernel"): ("embed", "vocab"),
-}
-NORM_LOGICAL_AXES: tuple[str | None, ...] = ("norm",)
-KV_CACHE_LOGICAL_AXES: tuple[str | None, ...] = ("kv_blocks", None, "kv_heads", None)
-
-
-def logical_axes_of(path: tuple[str, ...]) -> tuple[str | None, ...]:
-    return PARAM_LOGICAL_AXES.get(tuple(path[-2:]), NORM_LOGICAL_AXES)
+# Logical axes name dimensions; sharding/ maps them onto mesh axes (the model never names one).
+LLAMA_WEIGHTS = WeightTable(
+    family="llama",
+    model=(
+        Weight(("embed_tokens", "embedding"), ("vocab", "embed"), "model.embed_tokens.weight", "token_embd.weight"),
+        Weight(("norm", "scale"), NORM_AXES, "model.norm.weight", "output_norm.weight"),
+        Weight(("lm_head", "kernel"), ("embed", "vocab"), "lm_head.weight", "output.weight", transpose=True),
+    ),
+    layer=(
+        Weight(("input_layernorm", "scale"), NORM_AXES, "input_layernorm.weight", "attn_norm.weight"),
+        Weight(("self_attn", "q_proj", "kernel"), ("embed", "q_heads"),
+               "self_attn.q_proj.weight", "attn_q.weight", transpose=True),
+        Weight(("self_attn", "q_proj", "bias"), ("q_heads",), "self_attn.q_proj.bias", "attn_q.bias"),
+        Weight(("self_attn", "k_proj", "kernel"), ("embed", "kv_heads"),
+               "self_attn.k_proj.weight", "attn_k.weight", transpose=True),
+        Weight(("self_attn", "k_proj", "bias"), ("kv_heads",), "self_attn.k_proj.bias", "attn_k.bias"),
+        Weight(("self_attn", "v_proj", "kernel"), ("embed", "kv_heads"),
+               "self_attn.v_proj.weight", "attn_v.weight", transpose=True),
+        Weight(("self_attn", "v_proj", "bias"), ("kv_heads",), "self_attn.v_proj.bias", "attn_v.bias"),
+        Weight(("self_attn", "q_norm", "scale"), NORM_AXES, "self_attn.q_norm.weight", "attn_q_norm.weight"),
+        Weight(("self_attn", "k_norm", "scale"), NORM_AXES, "self_attn.k_norm.weight", "attn_k_norm.weight"),
+        Weight(("self_attn", "o_proj", "kernel"), ("q_heads", "embed"),
+               "self_attn.o_proj.weight", "attn_output.weight", transpose=True),
+        Weight(("post_attention_layernorm", "scale"), NORM_AXES, "post_attention_layernorm.weight", "ffn_norm.weight"),
+        Weight(("mlp", "gate_proj", "kernel"), ("embed", "mlp"), "mlp.gate_proj.weight", "ffn_gate.weight",
+               transpose=True),
+        Weight(("mlp", "up_proj", "kernel"), ("embed", "mlp"), "mlp.up_proj.weight", "ffn_up.weight", transpose=True),
+        Weight(("mlp", "down_proj", "kernel"), ("mlp", "embed"), "mlp.down_proj.weight", "ffn_down.weight",
+               transpose=True),
+    ),
+)
+KV_CACHE_LOGICAL_AXES: LogicalAxes = ("kv_blocks", None, "kv_heads", None)
 
 
 class RMSNorm(nn.Module):
@@ -61,12 +77,11 @@ def _dense(features: int, dtype: jnp.dtype, name: str, bias: bool = False) -> nn
 
 class Attention(nn.Module):
     config: ModelConfig
-    backend: str
-    heads: HeadSharding | None = None  # set when tensor parallelism splits the heads
+    backend: AttentionBackend[Any]  # per head shard when tensor parallelism splits the heads
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, positions: jax.Array, cache: KVCache, md: AttentionMetadata
+        self, x: jax.Array, positions: jax.Array, cache: KVCache, plan: StepPlan
     ) -> tuple[jax.Array, KVCache]:
         c = self.config
         dt = c.jnp_dtype
@@ -83,12 +98,8 @@ class Attention(nn.Module):
         inv_freq = inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling_dict)
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
-        attend = dict(scale=c.head_dim**-0.5, sliding_window=c.sliding_window, backend=self.backend)
-        if self.heads is not None:
-            out, k_cache, v_cache = head_sharded_write_and_attend(q, k, v, *cache, md, self.heads, **attend)
-        else:
-            k_cache, v_cache = write_kv(cache[0], cache[1], k, v, md.slot_mapping)
-            out = paged_attention(q, k_cache, v_cache, md, **attend)
+        spec = AttentionSpec(scale=c.head_dim**-0.5, sliding_window=c.sliding_window)
+        out, k_cache, v_cache = self.backend.write_and_attend(q, k, v, *cache, plan, spec)
         out = _dense(c.hidden_size, dt, "o_proj")(out.reshape(tokens, c.num_heads * c.head_dim))
         return out, (k_cache, v_cache)
 
@@ -106,16 +117,15 @@ class MLP(nn.Module):
 
 class DecoderLayer(nn.Module):
     config: ModelConfig
-    backend: str
-    heads: HeadSharding | None = None
+    backend: AttentionBackend[Any]
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, positions: jax.Array, cache: KVCache, md: AttentionMetadata
+        self, x: jax.Array, positions: jax.Array, cache: KVCache, plan: StepPlan
     ) -> tuple[jax.Array, KVCache]:
         c = self.config
-        h, cache = Attention(c, self.backend, self.heads, name="self_attn")(
-            RMSNorm(c.rms_norm_eps, c.jnp_dtype, name="input_layernorm")(x), positions, cache, md
+        h, cache = Attention(c, self.backend, name="self_attn")(
+            RMSNorm(c.rms_norm_eps, c.jnp_dtype, name="input_layernorm")(x), positions, cache, plan
         )
         x = x + h
         x = x + MLP(c, name="mlp")(RMSNorm(c.rms_norm_eps, c.jnp_dtype, name="post_attention_layernorm")(x))
@@ -126,13 +136,12 @@ class CausalLM(nn.Module):
     """``__call__`` runs the decoder over a packed batch; ``logits`` projects chosen hidden rows."""
 
     config: ModelConfig
-    backend: str = "reference"
-    heads: HeadSharding | None = None  # the mesh axis splitting heads (sharding.ModelSharding.head_sharding)
+    backend: AttentionBackend[Any] = ReferenceAttention()  # models.registry.build_model picks the engine's
 
     def setup(self) -> None:
         c = self.config
         self.embed_tokens = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.jnp_dtype, param_dtype=c.jnp_dtype)
-        self.layers = [DecoderLayer(c, self.backend, self.heads) for _ in range(c.num_layers)]
+        self.layers = [DecoderLayer(c, self.backend) for _ in range(c.num_layers)]
         self.norm = RMSNorm(c.rms_norm_eps, c.jnp_dtype)
         if not c.tie_word_embeddings:
             self.lm_head = _dense(c.vocab_size, c.jnp_dtype, "lm_head")
@@ -145,9 +154,12 @@ class CausalLM(nn.Module):
         md: AttentionMetadata,
     ) -> tuple[jax.Array, list[KVCache]]:
         x = self.embed_tokens(input_ids)
+        c = self.config
+        shape = AttentionShape.of((input_ids.shape[0], c.num_heads, c.head_dim), kv_caches[0][0].shape)
+        plan = self.backend.prepare(md, shape)
         new_caches = []
         for layer, cache in zip(self.layers, kv_caches, strict=True):
-            x, cache = layer(x, positions, cache, md)
+            x, cache = layer(x, positions, cache, plan)
             new_caches.append(cache)
         return self.norm(x), new_caches
 

@@ -1,14 +1,14 @@
 """Places HF-named tensors into the Flax parameter tree, one tensor at a time.
 
-Every loader yields ``(hf_name, numpy array in HF layout)`` pairs; this module maps each name
-to its parameter path, transposes projections to Flax's ``[in, out]``, checks the shape, casts
-to the model dtype and hands it to ``place`` (which puts it on device, sharded or not) before
-the next tensor is read, so the host never holds two copies of the weights.
+Every loader yields ``(hf_name, numpy array in HF layout)`` pairs; this module looks each name
+up in the model family's weight table (``models.weight_table``), transposes projections to
+Flax's ``[in, out]``, checks the shape, casts to the model dtype and hands it to ``place``
+(which puts it on device, sharded or not) before the next tensor is read, so the host never
+holds two copies of the weights.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,52 +18,22 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from models.config import ModelConfig
-from models.llama import CausalLM
+from models.registry import model_family
+from models.weight_table import ParamPath, Weight
+from ops.attention_metadata import AttentionMetadata
 
-ParamPath = tuple[str, ...]
-Placement = Callable[[ParamPath, np.ndarray], jax.Array]
-
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
-_LAYER_LEAVES: dict[str, tuple[ParamPath, bool]] = {
-    "self_attn.q_proj.weight": (("self_attn", "q_proj", "kernel"), True),
-    "self_attn.k_proj.weight": (("self_attn", "k_proj", "kernel"), True),
-    "self_attn.v_proj.weight": (("self_attn", "v_proj", "kernel"), True),
-    "self_attn.o_proj.weight": (("self_attn", "o_proj", "kernel"), True),
-    "self_attn.q_proj.bias": (("self_attn", "q_proj", "bias"), False),
-    "self_attn.k_proj.bias": (("self_attn", "k_proj", "bias"), False),
-    "self_attn.v_proj.bias": (("self_attn", "v_proj", "bias"), False),
-    "self_attn.q_norm.weight": (("self_attn", "q_norm", "scale"), False),
-    "self_attn.k_norm.weight": (("self_attn", "k_norm", "scale"), False),
-    "input_layernorm.weight": (("input_layernorm", "scale"), False),
-    "post_attention_layernorm.weight": (("post_attention_layernorm", "scale"), False),
-    "mlp.gate_proj.weight": (("mlp", "gate_proj", "kernel"), True),
-    "mlp.up_proj.weight": (("mlp", "up_proj", "kernel"), True),
-    "mlp.down_proj.weight": (("mlp", "down_proj", "kernel"), True),
-}
-_TOP_LEAVES: dict[str, tuple[ParamPath, bool]] = {
-    "model.embed_tokens.weight": (("embed_tokens", "embedding"), False),
-    "model.norm.weight": (("norm", "scale"), False),
-    "lm_head.weight": (("lm_head", "kernel"), True),
-}
-_IGNORED = re.compile(r"(rotary_emb\.inv_freq|\.rotary_emb\.)")
-
-
-def hf_name_to_path(name: str) -> tuple[ParamPath, bool] | None:
-    """The parameter path and whether to transpose, or None for tensors the model does not use."""
-    if name in _TOP_LEAVES:
-        return _TOP_LEAVES[name]
-    match = _LAYER.match(name)
-    if match and match.group(2) in _LAYER_LEAVES:
-        path, transpose = _LAYER_LEAVES[match.group(2)]
-        return (f"layers_{match.group(1)}", *path), transpose
-    return None
+# Where a parameter goes: a device or sharding for each declared weight of a given shape.
+ShardingFor = Callable[[Weight, tuple[int, ...]], Any]
+Placement = Callable[[Weight, np.ndarray], jax.Array]
 
 
 def param_shapes(config: ModelConfig) -> dict[ParamPath, jax.ShapeDtypeStruct]:
-    """Every parameter's path and abstract shape, computed without allocating anything."""
-    from ops.attention import AttentionMetadata
+    """Every parameter's path and abstract shape, computed without allocating anything.
 
-    model = CausalLM(config)
+    Raises if the module creates a parameter its family's weight table does not declare.
+    """
+    family = model_family(config.architecture)
+    model = family.module(config)
     md = AttentionMetadata(
         slot_mapping=jnp.zeros(1, jnp.int32), block_tables=jnp.zeros((1, 1), jnp.int32),
         seq_lens=jnp.zeros(1, jnp.int32), query_start_loc=jnp.zeros(2, jnp.int32),
@@ -73,14 +43,17 @@ def param_shapes(config: ModelConfig) -> dict[ParamPath, jax.ShapeDtypeStruct]:
     abstract = jax.eval_shape(
         lambda c: model.init(
             jax.random.key(0), np.zeros(1, np.int32), np.zeros(1, np.int32), c, md,
-            method=CausalLM.forward_to_logits,
+            method=family.module.forward_to_logits,
         ),
         caches,
     )
-    return flatten_dict(abstract["params"])
+    shapes: dict[ParamPath, jax.ShapeDtypeStruct] = flatten_dict(abstract["params"])
+    for path in shapes:
+        family.weights.weight_at(path)  # raises for a parameter the table does not declare
+    return shapes
 
 
-def default_placement(path: ParamPath, array: np.ndarray) -> jax.Array:
+def default_placement(weight: Weight, array: np.ndarray) -> jax.Array:
     return jax.device_put(array)
 
 
@@ -91,25 +64,25 @@ def assemble_params(
     source: str = "checkpoint",
 ) -> dict[str, Any]:
     """Builds the parameter tree from a stream of HF-named tensors; errors name the tensor."""
+    table = model_family(config.architecture).weights
     expected = param_shapes(config)
     placed: dict[ParamPath, jax.Array] = {}
     for name, array in tensors:
-        target = hf_name_to_path(name)
-        if target is None:
-            if _IGNORED.search(name) or (name == "lm_head.weight" and config.tie_word_embeddings):
+        weight = table.from_hf(name)
+        if weight is None:
+            if table.ignores_hf(name):
                 continue
             raise ValueError(f"{source}: unexpected tensor {name!r} for {config.architecture}")
-        path, transpose = target
-        if path not in expected:
+        if weight.path not in expected:
             raise ValueError(f"{source}: tensor {name!r} has no place in {config.architecture}")
-        if transpose:
+        if weight.transpose:
             array = array.T
-        want = expected[path].shape
+        want = expected[weight.path].shape
         if tuple(array.shape) != tuple(want):
             raise ValueError(
                 f"{source}: tensor {name!r} has shape {tuple(array.shape)}, expected {tuple(want)}"
             )
-        placed[path] = place(path, np.ascontiguousarray(array, dtype=config.jnp_dtype))
+        placed[weight.path] = place(weight, np.ascontiguousarray(array, dtype=config.jnp_dtype))
     missing = sorted(".".join(p) for p in expected if p not in placed)
     if missing:
         shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")

@@ -1,5 +1,1 @@
-"""Device operators: paged attention and KV-cache writes."""
-
-from ops.attention import AttentionMetadata, paged_attention, write_kv
-
-__all__ = ["AttentionMetadata", "paged_attention", "write_kv"]
+"""Device operators: paged attention backends (``ops.attention``) and the KV-cache write."""

@@ -30,7 +30,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from ops.attention import AttentionMetadata
+from ops.attention_backend import AttentionBackend, AttentionShape, AttentionSpec
+from ops.attention_metadata import AttentionMetadata, StepPlan
 from ops.pallas_common import kv_chunk_bounds
 
 MASKED = -1.0e30  # finite "minus infinity": exp(MASKED - m) is 0 and MASKED - MASKED is not NaN
@@ -48,30 +49,31 @@ class CpuAttentionConfig:
     block_k: int = 256  # prefill keys per inner-loop chunk
 
 
-def cpu_paged_attention(
-    q: jax.Array,
-    k_cache: jax.Array,
-    v_cache: jax.Array,
-    md: AttentionMetadata,
-    *,
-    scale: float,
-    sliding_window: int | None = None,
-    soft_cap: float | None = None,
-    config: CpuAttentionConfig = CpuAttentionConfig(),
-) -> jax.Array:
-    """Same contract as ``ops.attention.paged_attention``; see the module docstring for how."""
-    num_tokens = q.shape[0]
-    kw = dict(scale=scale, sliding_window=sliding_window, soft_cap=soft_cap)
-    starts = md.query_start_loc[:-1]
-    q_lens = md.query_start_loc[1:] - starts
-    token_seq = _token_sequence(md.query_start_loc, num_tokens)
-    per_seq = _decode_attention(q, k_cache, v_cache, md, config=config, **kw)
-    out = per_seq[token_seq]
-    if md.max_query_len > 1:
-        prefill = _prefill_attention(q, k_cache, v_cache, md, config=config, **kw)
-        out = jnp.where((q_lens[token_seq] == 1)[:, None, None], out, prefill)
-    valid = jnp.arange(num_tokens) < md.query_start_loc[-1]
-    return jnp.where(valid[:, None, None], out, 0.0).astype(q.dtype)
+@dataclasses.dataclass(frozen=True)
+class CpuAttention(AttentionBackend[StepPlan]):
+    """Decode work list plus flash-attention prefill tiles; see the module docstring for how."""
+
+    config: CpuAttentionConfig = CpuAttentionConfig()
+
+    def prepare(self, md: AttentionMetadata, shape: AttentionShape) -> StepPlan:
+        return StepPlan(md)
+
+    def attend(
+        self, q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, plan: StepPlan, spec: AttentionSpec
+    ) -> jax.Array:
+        md = plan.md
+        num_tokens = q.shape[0]
+        kw = dict(scale=spec.scale, sliding_window=spec.sliding_window, soft_cap=spec.soft_cap, config=self.config)
+        starts = md.query_start_loc[:-1]
+        q_lens = md.query_start_loc[1:] - starts
+        token_seq = _token_sequence(md.query_start_loc, num_tokens)
+        per_seq = _decode_attention(q, k_cache, v_cache, md, **kw)
+        out = per_seq[token_seq]
+        if md.max_query_len > 1:
+            prefill = _prefill_attention(q, k_cache, v_cache, md, **kw)
+            out = jnp.where((q_lens[token_seq] == 1)[:, None, None], out, prefill)
+        valid = jnp.arange(num_tokens) < md.query_start_loc[-1]
+        return jnp.where(valid[:, None, None], out, 0.0).astype(q.dtype)
 
 
 def _token_sequence(query_start_loc: jax.Array, num_tokens: int) -> jax.Array:

@@ -9,18 +9,22 @@ head, so no collective is needed; the output stays split by heads for ``o_proj``
 
 It needs the query heads and the kv heads split over the same axis with whole GQA groups on
 each device, which ``models.head_layout`` guarantees by padding. The sharding layer builds the
-``HeadSharding`` (this module never imports it); the metadata is replicated over that axis.
+``HeadSharding`` (this module never imports it). The inner backend's step plan is built once,
+outside the ``shard_map``, for one device's share of the heads, and replicated over that axis.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import jax
 from jax.sharding import Mesh, PartitionSpec
 
-from ops.attention import AttentionMetadata, paged_attention, write_kv
+from ops.attention_backend import AttentionBackend, AttentionShape, AttentionSpec
+from ops.attention_metadata import AttentionMetadata, StepPlan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,48 +39,49 @@ class HeadSharding:
         return int(self.mesh.shape[self.axis])
 
 
-def head_sharded_write_and_attend(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    k_cache: jax.Array,
-    v_cache: jax.Array,
-    md: AttentionMetadata,
-    heads: HeadSharding,
-    *,
-    scale: float,
-    sliding_window: int | None = None,
-    soft_cap: float | None = None,
-    backend: str = "reference",
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``write_kv`` then ``paged_attention``, each device on its own heads; returns (out, k_cache, v_cache)."""
-    if q.shape[1] % heads.size or k_cache.shape[2] % heads.size:
-        raise ValueError(
-            f"{q.shape[1]} query / {k_cache.shape[2]} kv heads do not split over {heads.size} shards of "
-            f"mesh axis {heads.axis!r}; pad them (models.head_layout)"
+@dataclasses.dataclass(frozen=True)
+class HeadShardedAttention[Plan: StepPlan](AttentionBackend[Plan]):
+    """``inner`` run by each device on its own heads; the step plan is built once, replicated."""
+
+    inner: AttentionBackend[Plan]
+    heads: HeadSharding
+
+    def prepare(self, md: AttentionMetadata, shape: AttentionShape) -> Plan:
+        if shape.num_heads % self.heads.size or shape.num_kv_heads % self.heads.size:
+            raise ValueError(
+                f"{shape.num_heads} query / {shape.num_kv_heads} kv heads do not split over {self.heads.size} "
+                f"shards of mesh axis {self.heads.axis!r}; pad them (models.head_layout)"
+            )
+        return self.inner.prepare(md, shape.split_heads(self.heads.size))
+
+    def attend(
+        self, q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, plan: Plan, spec: AttentionSpec
+    ) -> jax.Array:
+        queries, pool = self._specs()
+        attend = functools.partial(self.inner.attend, spec=spec)
+        return self._shard_map(attend, plan, (queries, pool, pool), queries)(q, k_cache, v_cache, plan)
+
+    def write_and_attend(
+        self, q: jax.Array, k: jax.Array, v: jax.Array, k_cache: jax.Array, v_cache: jax.Array,
+        plan: Plan, spec: AttentionSpec,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        queries, pool = self._specs()
+        write_and_attend = functools.partial(self.inner.write_and_attend, spec=spec)
+        per_shard = self._shard_map(write_and_attend, plan, (queries, queries, queries, pool, pool),
+                                    (queries, pool, pool))
+        return per_shard(q, k, v, k_cache, v_cache, plan)
+
+    def _specs(self) -> tuple[PartitionSpec, PartitionSpec]:
+        """How ``[T, heads, head_dim]`` tensors and ``[blocks, block_size, kv_heads, head_dim]`` pools split."""
+        return PartitionSpec(None, self.heads.axis, None), PartitionSpec(None, None, self.heads.axis, None)
+
+    def _shard_map(self, fn: Callable[..., Any], plan: Plan, in_specs: tuple, out_specs: Any) -> Callable[..., Any]:
+        """``fn(*arrays, plan)`` run per head shard (``shard_map`` over the heads' axis), the plan replicated."""
+        plan_specs = jax.tree.map(lambda _: PartitionSpec(), plan)
+        return jax.shard_map(
+            fn, mesh=_current_mesh(self.heads.mesh), in_specs=(*in_specs, plan_specs), out_specs=out_specs,
+            axis_names={self.heads.axis}, check_vma=False,
         )
-    split = PartitionSpec(None, heads.axis, None)
-    pool = PartitionSpec(None, None, heads.axis, None)
-    per_shard = functools.partial(
-        _write_and_attend, scale=scale, sliding_window=sliding_window, soft_cap=soft_cap, backend=backend
-    )
-    md_specs = jax.tree.map(lambda _: PartitionSpec(), md)
-    return jax.shard_map(
-        per_shard, mesh=_current_mesh(heads.mesh),
-        in_specs=(split, split, split, pool, pool, md_specs),
-        out_specs=(split, pool, pool),
-        axis_names={heads.axis}, check_vma=False,
-    )(q, k, v, k_cache, v_cache, md)
-
-
-def _write_and_attend(
-    q: jax.Array, k: jax.Array, v: jax.Array, k_cache: jax.Array, v_cache: jax.Array, md: AttentionMetadata,
-    *, scale: float, sliding_window: int | None, soft_cap: float | None, backend: str,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    k_cache, v_cache = write_kv(k_cache, v_cache, k, v, md.slot_mapping)
-    out = paged_attention(q, k_cache, v_cache, md, scale=scale, sliding_window=sliding_window,
-                          soft_cap=soft_cap, backend=backend)
-    return out, k_cache, v_cache
 
 
 def _current_mesh(mesh: Mesh) -> Mesh | jax.sharding.AbstractMesh:

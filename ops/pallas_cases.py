@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ops.attention import AttentionMetadata
+from ops.attention_metadata import AttentionMetadata
 
 
 @dataclasses.dataclass

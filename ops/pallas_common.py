@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ops.attention import AttentionMetadata
+from ops.attention_metadata import AttentionMetadata
 
 # Columns of the int32 tile table [num_tiles, TILE_FIELDS].
 TILE_SEQ = 0  # row of block_tables / seq_lens this tile belongs to

@@ -21,11 +21,14 @@ import math
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from ops import pallas_common as pc
-from ops.attention import AttentionMetadata
+from ops.attention_backend import AttentionBackend, AttentionShape, AttentionSpec
+from ops.attention_metadata import AttentionMetadata, StepPlan
+from ops.reference_attention import ReferenceAttention
 
 LOG2E = math.log2(math.e)
 # The Triton lowering runs f32 dots as TF32 unless asked for full precision (no effect on bf16).
@@ -66,12 +69,11 @@ def _fit_default(cfg: GpuKernelConfig, query_rows: int) -> GpuKernelConfig:
     return dataclasses.replace(cfg, rows=rows, num_warps=min(cfg.num_warps, 4))
 
 
-def supported(q: jax.Array, k_cache: jax.Array) -> bool:
+def supported(shape: AttentionShape) -> bool:
     """Shapes the kernel handles; anything else goes to the reference."""
-    head_dim = q.shape[-1]
-    block_size = k_cache.shape[1]
     pow2 = lambda n: n & (n - 1) == 0  # noqa: E731
-    return head_dim >= 16 and pow2(head_dim) and pow2(block_size) and q.shape[1] % k_cache.shape[2] == 0
+    return (shape.head_dim >= 16 and pow2(shape.head_dim) and pow2(shape.block_size)
+            and shape.num_heads % shape.num_kv_heads == 0)
 
 
 def _kernel(
@@ -177,14 +179,9 @@ class Launch:
     splits: int  # programs sharing one tile's keys
 
 
-def plan_launch(
-    q_shape: tuple[int, ...], k_shape: tuple[int, ...], md: AttentionMetadata,
-    config: GpuKernelConfig | None = None,
-) -> Launch:
-    num_tokens, num_heads, _ = q_shape
-    _, block_size, num_kv_heads, _ = k_shape
+def plan_launch(shape: AttentionShape, md: AttentionMetadata, config: GpuKernelConfig | None = None) -> Launch:
+    num_tokens, block_size, num_kv_heads, group = shape.num_tokens, shape.block_size, shape.num_kv_heads, shape.group
     num_seqs, width = md.block_tables.shape
-    group = num_heads // num_kv_heads
     cfg = config or _fit_default(default_config(md.max_query_len), num_tokens * group * num_kv_heads)
     block_q = pc.pick_block_q(md.max_query_len, group, cfg.rows)
     rows = max(16, pc.next_pow2(block_q * group))
@@ -199,22 +196,31 @@ def plan_launch(
     return Launch(cfg, block_q, rows, min(rows, max(16, pc.next_pow2(group))), bt_width, splits)
 
 
-def prepare_tables(md: AttentionMetadata, num_tokens: int, launch: Launch) -> tuple[jax.Array, jax.Array]:
-    """The tile table and the flat, padded block table (once per step, shared by all layers)."""
-    tiles = pc.build_tile_table(md, num_tokens, launch.block_q)
+@struct.dataclass
+class GpuStepPlan(StepPlan):
+    """The kernel's per-step tables, built once and shared by every layer."""
+
+    tiles: jax.Array  # [num_tiles, TILE_FIELDS], see ops.pallas_common
+    block_tables: jax.Array  # flat, each row padded to launch.bt_width
+    launch: Launch = struct.field(pytree_node=False)
+
+
+def plan_step(md: AttentionMetadata, shape: AttentionShape, config: GpuKernelConfig | None = None) -> GpuStepPlan:
+    """The launch shape, the tile table and the flat, padded block table of one step."""
+    launch = plan_launch(shape, md, config)
+    tiles = pc.build_tile_table(md, shape.num_tokens, launch.block_q)
     width = md.block_tables.shape[1]
     # Padded entries are only ever used for masked (never loaded) keys.
     tables = jnp.pad(md.block_tables, ((0, 0), (0, launch.bt_width - width)))
-    return tiles, tables.reshape(-1)
+    return GpuStepPlan(md, tiles, tables.reshape(-1), launch)
 
 
 def run_kernel(
-    q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, tiles: jax.Array, block_tables: jax.Array,
-    num_real_tokens: jax.Array, launch: Launch, *, scale: float, sliding_window: int | None,
-    soft_cap: float | None, interpret: bool,
+    q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, plan: GpuStepPlan, spec: AttentionSpec, interpret: bool
 ) -> jax.Array:
     num_tokens, num_heads, head_dim = q.shape
     num_blocks, block_size, num_kv_heads, _ = k_cache.shape
+    launch, tiles = plan.launch, plan.tiles
     cfg, splits = launch.config, launch.splits
     rows_total = num_tokens * num_heads
     whole = pl.BlockSpec()
@@ -240,7 +246,7 @@ def run_kernel(
         num_heads=num_heads, block_q=launch.block_q, block_k=cfg.block_k,
         small_block_k=cfg.small_block_k, block_size=block_size,
         bt_width=launch.bt_width, num_splits=splits, rows_total=rows_total, head_dim=head_dim,
-        scale=scale, soft_cap=soft_cap, sliding_window=sliding_window,
+        scale=spec.scale, soft_cap=spec.soft_cap, sliding_window=spec.sliding_window,
     )
     results = pl.pallas_call(
         kernel,
@@ -253,39 +259,29 @@ def run_kernel(
         name="ragged_paged_attention",
     )(
         tiles,
-        block_tables,
+        plan.block_tables,
         q.reshape(rows_total, head_dim),
         k_cache.reshape(num_blocks * block_size, num_kv_heads, head_dim),
         v_cache.reshape(num_blocks * block_size, num_kv_heads, head_dim),
     )
     out = results[0] if splits == 1 else pc.combine_splits(*results).astype(q.dtype)
-    return pc.mask_padding(out.reshape(num_tokens, num_heads, head_dim), num_real_tokens)
+    return pc.mask_padding(out.reshape(num_tokens, num_heads, head_dim), plan.md.query_start_loc[-1])
 
 
-def pallas_gpu_paged_attention(
-    q: jax.Array,
-    k_cache: jax.Array,
-    v_cache: jax.Array,
-    md: AttentionMetadata,
-    *,
-    scale: float,
-    sliding_window: int | None = None,
-    soft_cap: float | None = None,
-    config: GpuKernelConfig | None = None,
-    interpret: bool | None = None,
-) -> jax.Array:
-    """See ``ops.attention.paged_attention``; ``interpret`` defaults to "not on a GPU"."""
-    if not supported(q, k_cache):
-        from ops.reference_attention import reference_paged_attention
+@dataclasses.dataclass(frozen=True)
+class PallasGpuAttention(AttentionBackend[StepPlan]):
+    """The kernel, with the step's tables built in ``prepare``; unsupported shapes run the reference."""
 
-        return reference_paged_attention(
-            q, k_cache, v_cache, md, scale=scale, sliding_window=sliding_window, soft_cap=soft_cap
-        )
-    if interpret is None:
-        interpret = jax.default_backend() != "gpu"
-    launch = plan_launch(q.shape, k_cache.shape, md, config)
-    tiles, block_tables = prepare_tables(md, q.shape[0], launch)
-    return run_kernel(
-        q, k_cache, v_cache, tiles, block_tables, md.query_start_loc[-1], launch, scale=scale,
-        sliding_window=sliding_window, soft_cap=soft_cap, interpret=interpret,
-    )
+    config: GpuKernelConfig | None = None  # None: DECODE_CONFIG or PREFILL_CONFIG, fitted to the step
+    interpret: bool | None = None  # None: interpret when not on a GPU
+
+    def prepare(self, md: AttentionMetadata, shape: AttentionShape) -> StepPlan:
+        return plan_step(md, shape, self.config) if supported(shape) else StepPlan(md)
+
+    def attend(
+        self, q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, plan: StepPlan, spec: AttentionSpec
+    ) -> jax.Array:
+        if not isinstance(plan, GpuStepPlan):
+            return ReferenceAttention().attend(q, k_cache, v_cache, plan, spec)
+        interpret = self.interpret if self.interpret is not None else jax.default_backend() != "gpu"
+        return run_kernel(q, k_cache, v_cache, plan, spec, interpret)

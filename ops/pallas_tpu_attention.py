@@ -18,16 +18,19 @@ flash-decoding splits and megacore partitioning of the grid are left for when on
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from ops import pallas_common as pc
-from ops.attention import AttentionMetadata
+from ops.attention_backend import AttentionBackend, AttentionShape, AttentionSpec
+from ops.attention_metadata import AttentionMetadata, StepPlan
 
 LOG2E = math.log2(math.e)
 TARGET_ROWS = 128  # MXU rows of a prefill tile
@@ -109,32 +112,51 @@ def _kernel(
     o_ref[...] = (acc / jnp.where(l > 0, l, 1.0)).astype(o_ref.dtype)
 
 
-def pallas_tpu_paged_attention(
-    q: jax.Array,
-    k_cache: jax.Array,
-    v_cache: jax.Array,
-    md: AttentionMetadata,
-    *,
-    scale: float,
-    sliding_window: int | None = None,
-    soft_cap: float | None = None,
-    interpret: bool | pltpu.InterpretParams | None = None,
+@struct.dataclass
+class TpuStepPlan(StepPlan):
+    """The kernel's per-step tables, built once and shared by every layer."""
+
+    tiles: jax.Array  # [num_tiles, TILE_FIELDS], see ops.pallas_common
+    block_tables: jax.Array  # each row padded to whole chunks of `pages` pages
+    block_q: int = struct.field(pytree_node=False)  # tokens per query tile
+    pages: int = struct.field(pytree_node=False)  # pages per key chunk
+
+
+@dataclasses.dataclass(frozen=True)
+class PallasTpuAttention(AttentionBackend[TpuStepPlan]):
+    """The kernel, with the step's tables built in ``prepare``; off a TPU it runs in TPU interpret mode."""
+
+    interpret: bool | pltpu.InterpretParams | None = None  # None: interpret when not on a TPU
+
+    def prepare(self, md: AttentionMetadata, shape: AttentionShape) -> TpuStepPlan:
+        width = md.block_tables.shape[1]
+        block_q = pc.pick_block_q(md.max_query_len, shape.group, TARGET_ROWS)
+        pages = min(PAGES_PER_CHUNK, width)
+        bt_width = -(-width // pages) * pages
+        block_tables = jnp.pad(md.block_tables, ((0, 0), (0, bt_width - width)))
+        return TpuStepPlan(md, pc.build_tile_table(md, shape.num_tokens, block_q), block_tables, block_q, pages)
+
+    def attend(
+        self, q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, plan: TpuStepPlan, spec: AttentionSpec
+    ) -> jax.Array:
+        interpret = self.interpret
+        if interpret is None:
+            interpret = pltpu.InterpretParams() if jax.default_backend() != "tpu" else False
+        return _run_kernel(q, k_cache, v_cache, plan, spec, interpret)
+
+
+def _run_kernel(
+    q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, plan: TpuStepPlan, spec: AttentionSpec,
+    interpret: bool | pltpu.InterpretParams,
 ) -> jax.Array:
-    """See ``ops.attention.paged_attention``; off a TPU it runs in TPU interpret mode."""
-    if interpret is None:
-        interpret = pltpu.InterpretParams() if jax.default_backend() != "tpu" else False
     num_tokens, num_heads, head_dim = q.shape
-    num_blocks, block_size, num_kv_heads, _ = k_cache.shape
-    num_seqs, width = md.block_tables.shape
+    _, block_size, num_kv_heads, _ = k_cache.shape
     group = num_heads // num_kv_heads
-    block_q = pc.pick_block_q(md.max_query_len, group, TARGET_ROWS)
+    block_q, pages, tiles = plan.block_q, plan.pages, plan.tiles
     sublanes = 8 * (4 // jnp.dtype(q.dtype).itemsize)
     rows = -(-block_q * group // sublanes) * sublanes
-    tiles = pc.build_tile_table(md, num_tokens, block_q)
     num_tiles = tiles.shape[0]
-    pages = min(PAGES_PER_CHUNK, width)
-    bt_width = -(-width // pages) * pages
-    block_tables = jnp.pad(md.block_tables, ((0, 0), (0, bt_width - width)))
+    bt_width = plan.block_tables.shape[1]
 
     # Gather each tile's queries as [kv_heads, rows, head_dim]; rows past the tile read (and
     # write back to) a spare row past the end.
@@ -151,8 +173,8 @@ def pallas_tpu_paged_attention(
     tile_spec = pl.BlockSpec((None, num_kv_heads, rows, head_dim), lambda t, *_: (t, 0, 0, 0))
     page_buf = pltpu.VMEM((2, pages, block_size, num_kv_heads, head_dim), k_cache.dtype)
     kernel = functools.partial(
-        _kernel, group=group, pages=pages, block_size=block_size,
-        bt_width=bt_width, scale=scale, soft_cap=soft_cap, sliding_window=sliding_window,
+        _kernel, group=group, pages=pages, block_size=block_size, bt_width=bt_width,
+        scale=spec.scale, soft_cap=spec.soft_cap, sliding_window=spec.sliding_window,
     )
     out_tiles = pl.pallas_call(
         kernel,
@@ -167,6 +189,6 @@ def pallas_tpu_paged_attention(
         compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",)),
         interpret=interpret,
         name="ragged_paged_attention_tpu",
-    )(tiles.reshape(-1), block_tables.reshape(-1), q_rows[flat], k_cache, v_cache)
+    )(tiles.reshape(-1), plan.block_tables.reshape(-1), q_rows[flat], k_cache, v_cache)
     out = jnp.zeros((dump + 1, head_dim), q.dtype).at[flat].set(out_tiles)
     return out[:dump].reshape(num_tokens, num_heads, head_dim)

@@ -1,7 +1,8 @@
 """Where every parameter, KV pool and step input of one model lives on a mesh.
 
 ``ModelSharding`` turns the rules table (sharding/rules.py) into concrete ``NamedSharding``s:
-the loaders call ``param_sharding`` for each tensor as they read it, the runner allocates the
+the loaders call ``param_sharding`` for each tensor as they read it (with its declaration from
+the model family's weight table, which names its logical axes), the runner allocates the
 KV cache with ``kv_cache_sharding`` and jits its step with the batch and replicated shardings,
 and ``per_replica`` makes each dp replica run the step on its own sequences and block pool.
 """
@@ -22,7 +23,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from models.config import ModelConfig
 from models.head_layout import HeadLayout, pad_heads, padded_config, padded_shape, padding_bytes, plan_head_layout
-from models.llama import KV_CACHE_LOGICAL_AXES, logical_axes_of
+from models.llama import KV_CACHE_LOGICAL_AXES
+from models.registry import model_family
+from models.weight_table import Weight, WeightTable
 from ops.head_sharded_attention import HeadSharding
 from sharding.mesh import describe_mesh, mesh_from_spec
 from sharding.rules import AxisName, ShardingRules, load_rules, mesh_axes_of
@@ -50,6 +53,7 @@ class ModelSharding:
         self.rules = rules
         self.head_layout: HeadLayout | None = None  # set by check_model
         self.model_config: ModelConfig | None = None  # the padded config, set by check_model
+        self.weights: WeightTable | None = None  # the model family's, set by check_model
 
     @classmethod
     def from_spec(
@@ -104,6 +108,7 @@ class ModelSharding:
         if not self.head_layout.is_identity:
             self._log_padding(config)
         self.model_config = padded_config(config, self.head_layout)
+        self.weights = model_family(config.architecture).weights
         return self.model_config
 
     def _log_padding(self, config: ModelConfig) -> None:
@@ -124,19 +129,18 @@ class ModelSharding:
             return None
         return HeadSharding(self.mesh, self.rules.q_heads)  # a single axis name (check_model)
 
-    def param_sharding(self, path: tuple[str, ...], shape: tuple[int, ...]) -> NamedSharding:
+    def param_sharding(self, weight: Weight, shape: tuple[int, ...]) -> NamedSharding:
         """The placement of one parameter; loaders call it before putting the tensor on device.
 
         A tensor still in the checkpoint's head layout (before ``check_model`` has seen the
         config, or before ``shard_params`` pads it) keeps any dimension that does not divide
         whole; ``shard_params`` then pads and places it.
         """
-        logical = logical_axes_of(path)
-        name = "/".join(path)
+        logical, name = weight.axes, weight.name
         if len(logical) != len(shape):
             raise ValueError(f"parameter {name} has shape {shape} but logical axes {logical}")
         spec = list(self.rules.spec(logical))
-        final = self.head_layout is not None and padded_shape(path, shape, self.head_layout) == tuple(shape)
+        final = self.head_layout is not None and padded_shape(logical, shape, self.head_layout) == tuple(shape)
         for dim, (size, entry) in enumerate(zip(shape, spec)):
             shards = self.axis_size(entry)
             if size % shards == 0:
@@ -157,14 +161,15 @@ class ModelSharding:
         Tensors already in place are not moved; a tensor to pad is padded on its devices and
         lands directly in its final sharding, one tensor at a time.
         """
-        if self.head_layout is None:
+        if self.head_layout is None or self.weights is None:
             raise RuntimeError("shard_params before check_model: the head layout is not known yet")
         flat = flatten_dict(params)
         for path, array in flat.items():
-            shape = padded_shape(path, array.shape, self.head_layout)
-            target = self.param_sharding(path, shape)
+            weight = self.weights.weight_at(path)
+            shape = padded_shape(weight.axes, array.shape, self.head_layout)
+            target = self.param_sharding(weight, shape)
             if shape != tuple(array.shape):
-                pad = jax.jit(functools.partial(pad_heads, path, layout=self.head_layout, xp=jnp),
+                pad = jax.jit(functools.partial(pad_heads, weight.axes, layout=self.head_layout, xp=jnp),
                               out_shardings=target)
                 flat[path] = pad(array)
                 continue

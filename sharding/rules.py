@@ -1,11 +1,11 @@
 """The one table that maps the model's logical axes onto mesh axes, and its named variants.
 
-The model names logical axes only (``models.llama.PARAM_LOGICAL_AXES``,
-``KV_CACHE_LOGICAL_AXES``); a rule set says, for each of them, which mesh axis (or tuple of
-mesh axes, or none) splits it. Everything else in ``sharding/`` derives from this table, so a
-sweep over layouts is a sweep over rule sets. Layers are unrolled in the model (each layer has
-its own parameters and KV pool), so there is no "layers" axis to shard: pipeline parallelism
-is not offered.
+The model names logical axes only (each weight's in its family's weight table, e.g.
+``models.llama.LLAMA_WEIGHTS``, and the KV pools' in ``models.llama.KV_CACHE_LOGICAL_AXES``); a
+rule set says, for each of them, which mesh axis (or tuple of mesh axes, or none) splits it.
+Everything else in ``sharding/`` derives from this table, so a sweep over layouts is a sweep
+over rule sets. Layers are unrolled in the model (each layer has its own parameters and KV
+pool), so there is no "layers" axis to shard: pipeline parallelism is not offered.
 """
 
 from __future__ import annotations

@@ -15,11 +15,13 @@ import pytest
 from jax._src import mesh as mesh_lib
 
 from ops import pallas_common as pc
-from ops.attention import AttentionMetadata, paged_attention, write_kv
+from ops.attention import get_backend
+from ops.attention_backend import write_kv
+from ops.attention_metadata import AttentionMetadata
 from ops.pallas_cases import Case, make_case, pool_copies, relative_error
-from ops.pallas_gpu_attention import GpuKernelConfig, pallas_gpu_paged_attention
-from ops.pallas_tpu_attention import pallas_tpu_paged_attention
-from ops.reference_attention import reference_paged_attention
+from ops.pallas_gpu_attention import GpuKernelConfig, PallasGpuAttention
+from ops.pallas_tpu_attention import PallasTpuAttention
+from ops.reference_attention import ReferenceAttention
 
 # A ragged step: context of 1, a whole prompt, a padded slot, decodes off and on block
 # boundaries, a long decode, a prefill chunk over history, a chunk ending on a boundary.
@@ -34,9 +36,9 @@ def fresh_seed() -> int:
 
 def check(case: Case, out: jax.Array, seed: int, dtype, **kw) -> None:
     k_clean, v_clean = case.clean()
-    ref = reference_paged_attention(case.q, k_clean, v_clean, case.md, scale=kw["scale"],
-                                    sliding_window=kw.get("sliding_window"),
-                                    soft_cap=kw.get("soft_cap"))
+    ref = ReferenceAttention().paged_attention(case.q, k_clean, v_clean, case.md, scale=kw["scale"],
+                                               sliding_window=kw.get("sliding_window"),
+                                               soft_cap=kw.get("soft_cap"))
     out32 = np.asarray(out.astype(jnp.float32))
     assert out.dtype == case.q.dtype and out.shape == case.q.shape
     assert not np.isnan(out32).any(), f"NaN in output (seed {seed})"
@@ -59,7 +61,7 @@ def test_gpu_kernel_matches_reference(group, head_dim, block_size, dtype):
     case = make_case(seed, Q_LENS, SEQ_LENS, num_heads=group * kv_heads, num_kv_heads=kv_heads,
                      head_dim=head_dim, block_size=block_size, dtype=dtype, pad_tokens=3)
     kw = dict(scale=head_dim**-0.5)
-    out = pallas_gpu_paged_attention(case.q, case.k_cache, case.v_cache, case.md, **kw)
+    out = PallasGpuAttention().paged_attention(case.q, case.k_cache, case.v_cache, case.md, **kw)
     check(case, out, seed, dtype, **kw)
 
 
@@ -77,7 +79,7 @@ def test_gpu_kernel_configs(config, window, cap):
     case = make_case(seed, Q_LENS, SEQ_LENS, num_heads=8, num_kv_heads=2, head_dim=64,
                      block_size=16, pad_tokens=2)
     kw = dict(scale=0.125, sliding_window=window, soft_cap=cap)
-    out = pallas_gpu_paged_attention(case.q, case.k_cache, case.v_cache, case.md, config=config, **kw)
+    out = PallasGpuAttention(config).paged_attention(case.q, case.k_cache, case.v_cache, case.md, **kw)
     check(case, out, seed, jnp.float32, **kw)
 
 
@@ -88,7 +90,7 @@ def test_gpu_kernel_pure_decode_with_splits():
                      head_dim=128, block_size=16, dtype=jnp.bfloat16, pad_tokens=3)
     kw = dict(scale=0.1, sliding_window=70)
     config = GpuKernelConfig(rows=16, block_k=32, target_programs=64)  # splits chosen: 4
-    out = pallas_gpu_paged_attention(case.q, case.k_cache, case.v_cache, case.md, config=config, **kw)
+    out = PallasGpuAttention(config).paged_attention(case.q, case.k_cache, case.v_cache, case.md, **kw)
     check(case, out, seed, jnp.bfloat16, **kw)
 
 
@@ -102,7 +104,7 @@ def test_tpu_kernel_matches_reference(group, head_dim, block_size, dtype):
     case = make_case(seed, Q_LENS, SEQ_LENS, num_heads=group * kv_heads, num_kv_heads=kv_heads,
                      head_dim=head_dim, block_size=block_size, dtype=dtype, pad_tokens=3)
     kw = dict(scale=head_dim**-0.5)
-    out = pallas_tpu_paged_attention(case.q, case.k_cache, case.v_cache, case.md, **kw)
+    out = PallasTpuAttention().paged_attention(case.q, case.k_cache, case.v_cache, case.md, **kw)
     check(case, out, seed, dtype, **kw)
 
 
@@ -115,8 +117,7 @@ def test_tpu_kernel_window_cap_and_no_dma_races():
                      block_size=16, pad_tokens=1)
     kw = dict(scale=0.09, sliding_window=20, soft_cap=4.0)
     params = pltpu.InterpretParams(detect_races=True)
-    out = pallas_tpu_paged_attention(case.q, case.k_cache, case.v_cache, case.md,
-                                     interpret=params, **kw)
+    out = PallasTpuAttention(params).paged_attention(case.q, case.k_cache, case.v_cache, case.md, **kw)
     check(case, out, seed, jnp.float32, **kw)
     assert tpu_interpret.races is not None and not tpu_interpret.races.races_found
 
@@ -160,10 +161,8 @@ def test_kernels_lower_for_their_hardware(target, max_query_len, window, cap):
 
     def fn(q, k, v, slots, tables, lens, starts):
         md = AttentionMetadata(slots, tables, lens, starts, max_query_len=max_query_len)
-        kw = dict(scale=0.1, sliding_window=window, soft_cap=cap, interpret=False)
-        if target == "cuda":
-            return pallas_gpu_paged_attention(q, k, v, md, **kw)
-        return pallas_tpu_paged_attention(q, k, v, md, **kw)
+        backend = PallasGpuAttention(interpret=False) if target == "cuda" else PallasTpuAttention(interpret=False)
+        return backend.paged_attention(q, k, v, md, scale=0.1, sliding_window=window, soft_cap=cap)
 
     pool = jax.ShapeDtypeStruct((seqs * width, 16, 8, 128), jnp.bfloat16)
     text = _cross_lower(
@@ -187,7 +186,7 @@ def test_compiled_step_updates_pool_in_place(backend):
 
     def step(k_cache, v_cache, q, k, v, md):
         k_cache, v_cache = write_kv(k_cache, v_cache, k, v, md.slot_mapping)
-        return paged_attention(q, k_cache, v_cache, md, scale=0.125, backend=backend), k_cache, v_cache
+        return get_backend(backend).paged_attention(q, k_cache, v_cache, md, scale=0.125), k_cache, v_cache
 
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
         case.k_cache, case.v_cache, case.q, case.k_new, case.v_new, case.md

@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ops.attention import default_backend, paged_attention
-from ops.cpu_attention import CpuAttentionConfig, cpu_paged_attention
+from ops.attention import default_backend, get_backend
+from ops.cpu_attention import CpuAttention, CpuAttentionConfig
 from ops.pallas_cases import make_case, relative_error
-from ops.reference_attention import reference_paged_attention
+from ops.reference_attention import ReferenceAttention
 
 TOLERANCE = {jnp.float32: 1e-5, jnp.bfloat16: 1e-2}
 SMALL_TILES = CpuAttentionConfig(decode_chunk_keys=16, decode_keys_per_iter=48, block_q=4, block_k=32)
@@ -40,8 +40,8 @@ def run_and_check(step: str, seed: int, *, group: int, dtype=jnp.float32, config
     case = make_case(seed, q_lens, seq_lens, num_heads=group * kv_heads, num_kv_heads=kv_heads, head_dim=64,
                      block_size=16, dtype=dtype, pad_tokens=3, extra_table_width=extra_table_width)
     k_clean, v_clean = case.clean()
-    ref = reference_paged_attention(case.q, k_clean, v_clean, case.md, **kw)
-    attend = jax.jit(lambda q, k, v, md: cpu_paged_attention(q, k, v, md, config=config, **kw))
+    ref = ReferenceAttention().paged_attention(case.q, k_clean, v_clean, case.md, **kw)
+    attend = jax.jit(lambda q, k, v, md: CpuAttention(config).paged_attention(q, k, v, md, **kw))
     out = attend(case.q, case.k_cache, case.v_cache, case.md)
     out32 = np.asarray(out.astype(jnp.float32))
     assert out.dtype == case.q.dtype and out.shape == case.q.shape
@@ -77,6 +77,6 @@ def test_cpu_is_the_cpu_default_and_reference_stays_selectable(monkeypatch):
     q_lens, seq_lens = STEPS["mixed"]
     case = make_case(seed, q_lens, seq_lens, num_heads=4, num_kv_heads=2, head_dim=64, block_size=16,
                      poison=False)
-    outs = [paged_attention(case.q, case.k_cache, case.v_cache, case.md, scale=0.125, backend=b)
+    outs = [get_backend(b).paged_attention(case.q, case.k_cache, case.v_cache, case.md, scale=0.125)
             for b in ("cpu", "reference")]
     assert relative_error(outs[0], outs[1]) < 1e-5, f"seed {seed}"

@@ -49,9 +49,11 @@ def run_case(backend: str, heads: int, kv_heads: int, tp: int, seed: int) -> dic
     from jax.sharding import AxisType
 
     from models.head_layout import plan_head_layout
-    from ops.head_sharded_attention import HeadSharding, head_sharded_write_and_attend
+    from ops.attention import get_backend
+    from ops.attention_backend import AttentionShape, AttentionSpec
+    from ops.head_sharded_attention import HeadSharding
     from ops.pallas_cases import make_case, relative_error
-    from ops.reference_attention import reference_paged_attention
+    from ops.reference_attention import ReferenceAttention
 
     case = make_case(seed, Q_LENS, SEQ_LENS, num_heads=heads, num_kv_heads=kv_heads, head_dim=64,
                      block_size=16, pad_tokens=2)
@@ -64,11 +66,15 @@ def run_case(backend: str, heads: int, kv_heads: int, tp: int, seed: int) -> dic
     v_before = case.v_cache.reshape(-1, kv_heads, 64).at[live].set(np.nan).reshape(case.v_cache.shape)
     kc, vc = _pad(k_before, layout.kv_source), _pad(v_before, layout.kv_source)
     mesh = jax.make_mesh((tp,), ("tp",), devices=jax.devices()[:tp], axis_types=(AxisType.Auto,))
-    step = jax.jit(lambda *a: head_sharded_write_and_attend(*a, HeadSharding(mesh, "tp"), scale=0.125,
-                                                            backend=backend))
-    out, k_after, v_after = step(q, kn, vn, kc, vc, case.md)
+    attention = get_backend(backend, HeadSharding(mesh, "tp"))
+
+    def step(q, k, v, k_cache, v_cache, md):
+        plan = attention.prepare(md, AttentionShape.of(q.shape, k_cache.shape))
+        return attention.write_and_attend(q, k, v, k_cache, v_cache, plan, AttentionSpec(scale=0.125))
+
+    out, k_after, v_after = jax.jit(step)(q, kn, vn, kc, vc, case.md)
     k_clean, v_clean = case.clean()
-    ref = reference_paged_attention(case.q, k_clean, v_clean, case.md, scale=0.125)
+    ref = ReferenceAttention().paged_attention(case.q, k_clean, v_clean, case.md, scale=0.125)
     real = np.asarray(out)[:, np.asarray(layout.q_source) >= 0]
     num_real = int(case.md.query_start_loc[-1])
     return {

@@ -22,7 +22,8 @@ from models.loaders.gguf_loader import read_gguf
 from models.loaders.safetensors_loader import iter_safetensors, read_hf_config, safetensors_files
 from models.registry import build_model
 from models.weights import assemble_params
-from ops.attention import AttentionMetadata, default_backend
+from ops.attention import default_backend
+from ops.attention_metadata import AttentionMetadata
 
 GOLDEN = Path(__file__).parent / "golden"
 FAMILIES = ["llama3", "llama_tied_mqa", "mistral", "qwen2", "qwen3"]

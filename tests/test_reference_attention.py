@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ops.pallas_cases import make_case, relative_error
-from ops.reference_attention import reference_paged_attention
+from ops.reference_attention import ReferenceAttention
 
 
 def naive_attention(q, k_cache, v_cache, md, *, scale, sliding_window=None, soft_cap=None):
@@ -55,7 +55,7 @@ def test_reference_matches_naive_loop(group, window, cap, dtype):
                      num_kv_heads=2, head_dim=16, block_size=4, dtype=dtype, pad_tokens=2,
                      poison=False)
     kw = dict(scale=0.25, sliding_window=window, soft_cap=cap)
-    got = reference_paged_attention(case.q, case.k_cache, case.v_cache, case.md, **kw)
+    got = ReferenceAttention().paged_attention(case.q, case.k_cache, case.v_cache, case.md, **kw)
     want = naive_attention(case.q, case.k_cache, case.v_cache, case.md, **kw)
     real = int(case.md.query_start_loc[-1])
     got32 = np.asarray(got.astype(jnp.float32))

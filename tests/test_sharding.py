@@ -62,13 +62,15 @@ def host_params(config: Any, sharding: Any = None) -> dict[str, Any]:
     import numpy as np
     from flax.traverse_util import unflatten_dict
 
+    from models.registry import model_family
     from models.weights import param_shapes
 
     rng = np.random.default_rng(3)
+    table = model_family(config.architecture).weights
     params = {}
     for path, spec in sorted(param_shapes(config).items()):
         array = (rng.standard_normal(spec.shape) * 0.2).astype(np.float32)
-        where = sharding.param_sharding(path, array.shape) if sharding else jax.local_devices()[0]
+        where = sharding.param_sharding(table.weight_at(path), array.shape) if sharding else jax.local_devices()[0]
         params[path] = jax.device_put(array, where)
     return unflatten_dict(params)
 

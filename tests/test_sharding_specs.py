@@ -122,8 +122,8 @@ def test_padded_parameters_compute_the_same_projection() -> None:
     x = rng.standard_normal((5, 16)).astype(np.float32)
     wq = rng.standard_normal((16, 9 * 4)).astype(np.float32)  # head_dim 4
     wo = rng.standard_normal((9 * 4, 16)).astype(np.float32)
-    q = pad_heads(("q_proj", "kernel"), wq, layout)
-    o = pad_heads(("o_proj", "kernel"), wo, layout)
+    q = pad_heads(("embed", "q_heads"), wq, layout)
+    o = pad_heads(("q_heads", "embed"), wo, layout)
     assert q.shape == (16, 48) and o.shape == (48, 16)
     assert (q[:, 36:] == 0).all() and (o[36:] == 0).all()
     np.testing.assert_allclose(x @ q @ o, x @ wq @ wo, rtol=1e-5)

@@ -11,7 +11,9 @@ import jax
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from models.config import ModelConfig
-from models.weights import ParamPath, param_shapes
+from models.registry import model_family
+from models.weight_table import ParamPath
+from models.weights import ShardingFor, param_shapes
 
 
 def cache_root() -> Path:
@@ -30,18 +32,20 @@ def cache_key(source: Path, config: ModelConfig) -> str:
 
 
 def restore_params(
-    path: Path, config: ModelConfig, sharding_for: Any | None = None
+    path: Path, config: ModelConfig, sharding_for: ShardingFor | None = None
 ) -> dict[str, Any] | None:
     """The cached parameters placed as ``sharding_for`` says, or None if there is no cache."""
     import orbax.checkpoint as ocp
 
     if not (path / "_CHECKPOINT_METADATA").exists() and not path.is_dir():
         return None
+    table = model_family(config.architecture).weights
     abstract: dict[ParamPath, jax.ShapeDtypeStruct] = {}
     for p, spec in param_shapes(config).items():
-        sharding = sharding_for(p, spec.shape) if sharding_for else jax.sharding.SingleDeviceSharding(
-            jax.devices()[0]
-        )
+        if sharding_for is None:
+            sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        else:
+            sharding = sharding_for(table.weight_at(p), spec.shape)
         abstract[p] = jax.ShapeDtypeStruct(spec.shape, spec.dtype, sharding=sharding)
     try:
         with ocp.StandardCheckpointer() as ckpt:

@@ -11,9 +11,8 @@ import jax.numpy as jnp
 from flax.traverse_util import unflatten_dict
 
 from models.config import ModelConfig
-from models.weights import ParamPath, param_shapes
-
-ShardingFor = Callable[[ParamPath, tuple[int, ...]], Any]
+from models.registry import model_family
+from models.weights import ShardingFor, param_shapes
 
 
 @functools.lru_cache(maxsize=None)
@@ -31,9 +30,11 @@ def _generator(shape: tuple[int, ...], dtype: Any, norm: bool, sharding: Any) ->
 def dummy_params(config: ModelConfig, seed: int = 0, sharding_for: ShardingFor | None = None) -> dict[str, Any]:
     """Normal(0, 0.02) projections and unit norms; each tensor made directly where it lives."""
     key = jax.random.key(seed)
+    table = model_family(config.architecture).weights
     params = {}
     for i, (path, spec) in enumerate(sorted(param_shapes(config).items())):
-        sharding = sharding_for(path, spec.shape) if sharding_for else None
-        make = _generator(tuple(spec.shape), config.jnp_dtype, path[-1] == "scale", sharding)
+        weight = table.weight_at(path)
+        sharding = sharding_for(weight, spec.shape) if sharding_for else None
+        make = _generator(tuple(spec.shape), config.jnp_dtype, weight.is_norm, sharding)
         params[path] = make(jax.random.fold_in(key, i))
     return unflatten_dict(params)

