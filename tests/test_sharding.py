@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -135,14 +136,23 @@ def _decode_step_collectives(engine: Any) -> dict[str, Any]:
     from sharding.collectives import count_collectives
 
     runner = engine.runner
-    decode = [key for key in runner.plan.keys() if key.window == 1 and key.seqs == 8 and key.prompt_k is None]
+    decode = [key for key in runner.plan.keys() if key.window == 1 and key.seqs == 8]
     assert decode, f"no 8-sequence decode program in {runner.plan.describe()}"
     compiled = runner._lower_program(decode[0], runner.kv_caches, runner._sampled_tokens).compile()
     text = compiled.as_text()
     found = {kind: dataclasses.asdict(entry) for kind, entry in count_collectives(text).items()}
     shard = runner.kv_caches[0][0].addressable_shards[0].data
-    found["pool_copies"] = pool_copies(text, shard.size)  # the per-shard KV write must stay in place
+    # the per-shard KV write must stay in place: no copy of a buffer shaped like a pool shard (the
+    # sampler's copies of logits can be as large, so sizes alone would not tell them apart)
+    found["pool_copies"] = [line for line in pool_copies(text, shard.size)
+                            if sorted(_dims(line)) == sorted(shard.shape)]
     return found
+
+
+def _dims(hlo_line: str) -> list[int]:
+    """The dimensions of the buffer an HLO instruction defines."""
+    match = re.search(r"= \w+\[([\d,]+)\]", hlo_line)
+    return [int(d) for d in match.group(1).split(",")] if match else []
 
 
 def _bad_spec_errors() -> dict[str, str]:
