@@ -33,6 +33,7 @@ from engine.core.messages import (
 from engine.core.transport import CoreSockets
 from engine.llm_engine import LLMEngine
 from engine.outputs import PositionLogprobs, RequestOutput
+from engine.request_errors import RequestValidationError
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +156,8 @@ class EngineCore:
     def _add(self, add: AddRequest) -> Admission:
         try:
             self.engine.add_request(add.request_id, add.prompt_token_ids, add.params, add.arrival_time)
+        except RequestValidationError as err:
+            return Admission(add.request_id, str(err), param=err.param)
         except ValueError as err:
             return Admission(add.request_id, str(err))
         except Exception as exc:  # a bug, not bad input: this request fails alone

@@ -61,11 +61,13 @@ class SequenceDelta(msgspec.Struct, array_like=True, omit_defaults=True):
 
 class Admission(msgspec.Struct, array_like=True, omit_defaults=True):
     """The engine's answer to an AddRequest: ``error`` is its ValueError (too long, bad ids, ...:
-    ``status`` 400) or what went wrong in the engine (500)."""
+    ``status`` 400, with the request field at fault in ``param`` when it names one) or what went
+    wrong in the engine (500)."""
 
     request_id: str
     error: str | None = None
     status: int = 400
+    param: str | None = None
 
 
 class Failure(msgspec.Struct, array_like=True):

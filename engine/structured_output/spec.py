@@ -14,6 +14,8 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from engine.request_errors import RequestValidationError
+
 Kind = Literal["json_schema", "json_object", "regex", "choice", "grammar"]
 KINDS: tuple[str, ...] = ("json_schema", "json_object", "regex", "choice", "grammar")
 
@@ -28,15 +30,11 @@ REFUSED_OPTIONS = ("disable_any_whitespace", "disable_fallback", "disable_additi
                    "structural_tag")
 
 
-class StructuredOutputError(ValueError):
+class StructuredOutputError(RequestValidationError):
     """A constraint that cannot be used; the message names the problem (answered with a 400).
 
     ``param`` is the request field at fault when known (e.g. "response_format").
     """
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 @dataclasses.dataclass(frozen=True)
