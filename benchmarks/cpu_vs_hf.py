@@ -12,7 +12,8 @@ per scenario, both sides' median seconds and the ratio, plus decode ms/token at 
     python -m benchmarks.cpu_vs_hf --scenario batch64 --no-peer   # Tessera alone
 
 Engine settings are the CPU defaults (engine/config.py) with max_model_len 8k, no prefix
-cache and a 1 GiB KV cache (--kv-cache-memory).
+cache and a 1 GiB KV cache (--kv-cache-memory); every engine flag of ``python -m engine.serve``
+changes them.
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ import time
 from pathlib import Path
 
 from benchmarks.peer_hf_cpu import MAX_MODEL_LEN, SCENARIOS, prompt_ids, summarize
-from engine import EngineConfig, LLMEngine, SamplingParams
+from engine import LLMEngine, SamplingParams
+from engine.config import add_engine_flags, checked_engine_config
 
 PEER_SCRIPT = Path(__file__).with_name("peer_hf_cpu.py")
 DEFAULT_PEER_PYTHON = "/work/peer-venv/bin/python"
+# A 1 GiB KV cache holds the 64 x 192 tokens of batch64 at once.
+ENGINE_DEFAULTS = {"max_model_len": MAX_MODEL_LEN, "enable_prefix_caching": False, "kv_cache_memory_bytes": 1 << 30}
 
 
 def run_tessera(engine: LLMEngine, scenario: str, seed: int, output_len: int | None = None) -> dict[str, float]:
@@ -93,20 +97,12 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true", help="time Tessera only")
     parser.add_argument("--peer-python", default=DEFAULT_PEER_PYTHON)
     parser.add_argument("--peer-threads", type=int, default=None, help="torch threads (default: all cores)")
-    parser.add_argument("--attention-backend", default=None, help="default: the platform's (cpu)")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--max-num-batched-tokens", type=int, default=None, help="default: the platform's")
-    parser.add_argument("--kv-cache-memory", type=int, default=1 << 30, help="KV cache bytes (default: 1 GiB, "
-                        "enough for the 64 x 192 tokens of batch64 at once)")
     parser.add_argument("--output-json", default=None)
+    add_engine_flags(parser, defaults=ENGINE_DEFAULTS)
     args = parser.parse_args()
 
     scenarios = args.scenario or list(SCENARIOS)
-    engine = LLMEngine(EngineConfig(
-        max_model_len=MAX_MODEL_LEN, enable_prefix_caching=False, attention_backend=args.attention_backend,
-        dtype=args.dtype, max_num_batched_tokens=args.max_num_batched_tokens,
-        kv_cache_memory_bytes=args.kv_cache_memory,
-    ))
+    engine = LLMEngine(checked_engine_config(parser, args))
     peer = None if args.no_peer else PeerWorker(args.peer_python, args.peer_threads)
     ours: dict[str, list[float]] = {s: [] for s in scenarios}
     theirs: dict[str, list[float]] = {s: [] for s in scenarios}

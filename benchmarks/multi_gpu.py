@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import subprocess
@@ -30,6 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from engine.config import add_engine_flags
+from engine.config_flags import mesh_spec
+from sharding.mesh import parse_mesh_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "benchmarks" / "configs"
@@ -42,17 +47,17 @@ TINY_CONFIG = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(CONFIGS / "llama-3-70b"), help="config directory of the big model")
+    # The engine flags every run gets (--model: the big model's config directory; the sweep has its own).
+    add_engine_flags(p, only=("model", "dtype", "max_model_len"),
+                     defaults={"model": str(CONFIGS / "llama-3-70b"), "dtype": "bfloat16", "max_model_len": 2048})
     p.add_argument("--sweep-model", default=str(CONFIGS / "llama-3-8b"))
     p.add_argument("--tp", type=int, nargs="+", default=[4, 8], help="tensor-parallel sizes for the big model")
-    p.add_argument("--sweep-meshes", nargs="+", default=["tp=4", "dp=4", "dp=2,tp=2"])
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--sweep-meshes", nargs="+", type=mesh_spec, default=["tp=4", "dp=4", "dp=2,tp=2"])
     p.add_argument("--num-prompts", type=int, default=1000)
     p.add_argument("--input-len", type=int, default=256)
     p.add_argument("--output-len", type=int, default=256)
     p.add_argument("--batch1-input-len", type=int, default=128)
     p.add_argument("--batch1-output-len", type=int, default=512)
-    p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--skip", nargs="*", default=[], choices=["ceilings", "batch1", "offline", "serve", "sweep"])
     p.add_argument("--cpu-devices", type=int, help="dry run on the CPU with this many fake devices")
     p.add_argument("--smoke", action="store_true", help="tiny model and workloads (with --cpu-devices)")
@@ -290,10 +295,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _mesh_size(spec: str) -> int:
-    size = 1
-    for part in spec.split(","):
-        size *= int(part.split("=")[1])
-    return size
+    return math.prod(parse_mesh_spec(spec).values())
 
 
 def _commit() -> str:

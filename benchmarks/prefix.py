@@ -2,6 +2,8 @@
 
 The first request computes the shared prefix; the remaining ones arrive together. Runs once
 with and once without prefix caching and prints time to first token and throughput of both.
+Every other engine flag of ``python -m engine.serve`` applies (here --max-num-seqs defaults to 64
+and --max-model-len to 4096).
 
   python -m benchmarks.prefix --num-requests 16 --prefix-len 2000 --question-len 32 --output-len 32
 """
@@ -9,6 +11,7 @@ with and once without prefix caching and prints time to first token and throughp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -16,7 +19,8 @@ import time
 import jax
 import numpy as np
 
-from engine import EngineConfig, LLMEngine, SamplingParams
+from engine import LLMEngine, SamplingParams
+from engine.config import add_engine_flags, checked_engine_config
 
 
 def measure(engine: LLMEngine, prompts: list[list[int]], output_len: int) -> dict[str, float]:
@@ -49,18 +53,14 @@ def measure(engine: LLMEngine, prompts: list[list[int]], output_len: int) -> dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--load-format", default="auto")
-    parser.add_argument("--dtype", default="auto")
     parser.add_argument("--num-requests", type=int, default=16)
     parser.add_argument("--prefix-len", type=int, default=2000)
     parser.add_argument("--question-len", type=int, default=32)
     parser.add_argument("--output-len", type=int, default=32)
-    parser.add_argument("--max-num-seqs", type=int, default=64)
-    parser.add_argument("--max-model-len", type=int, default=4096)
-    parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument("--output-json", default=None)
+    add_engine_flags(parser, defaults={"max_num_seqs": 64, "max_model_len": 4096}, skip=("enable_prefix_caching",))
     args = parser.parse_args()
+    config = checked_engine_config(parser, args)
 
     rng = np.random.default_rng(0)
     prefix = [int(t) for t in rng.integers(100, 30000, size=args.prefix_len)]
@@ -68,11 +68,7 @@ def main() -> None:
                for _ in range(args.num_requests + 1)]
     results = {}
     for caching in (True, False):
-        engine = LLMEngine(EngineConfig(
-            model=args.model, load_format=args.load_format, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
-            max_model_len=args.max_model_len, max_num_batched_tokens=args.max_num_batched_tokens,
-            enable_prefix_caching=caching,
-        ))
+        engine = LLMEngine(dataclasses.replace(config, enable_prefix_caching=caching))
         measure(engine, prompts, args.output_len)  # compiles every bucket the workload needs
         results["with_caching" if caching else "without_caching"] = measure(engine, prompts, args.output_len)
         del engine

@@ -268,7 +268,7 @@ def in_process_server(server_argv: list[str]) -> Iterator[tuple[str, Any]]:
     started = time.perf_counter()
     with LocalServer(functools.partial(build_engine, server_args), settings) as server:
         print(f"server ready in {time.perf_counter() - started:.1f}s (model loaded, bucket plan "
-              f"{'not precompiled: --skip-warmup' if server_args.skip_warmup else 'precompiled'})", flush=True)
+              f"{'precompiled' if server_args.precompile else 'not precompiled: --skip-warmup'})", flush=True)
         yield server.url, server.model
 
 

@@ -36,6 +36,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from engine.args import parse_args as parse_server_args
+
 HOSTILE_BODIES: list[dict[str, Any]] = [
     {"prompt": "x", "max_tokens": "10"}, {"prompt": "x", "top_k": 2**40}, {"prompt": "x", "n": 20000},
     {"prompt": "x", "stop_token_ids": [2**40], "min_tokens": 2}, {"prompt": "x", "logprobs": 1000},
@@ -226,9 +228,9 @@ def _summary(args: argparse.Namespace, tally: Tally, drained: dict[str, float], 
 
 
 def _start_server(args: argparse.Namespace, extra: list[str]) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "engine.serve", "--port", str(args.port), "--host", "127.0.0.1",
-               "--disable-log-requests", "--disable-log-stats", *extra]
-    return subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    flags = ["--port", str(args.port), "--host", "127.0.0.1", "--disable-log-requests", "--disable-log-stats", *extra]
+    parse_server_args(flags, prog="benchmarks.soak (server flags)")  # a bad flag stops here, before any start
+    return subprocess.Popen([sys.executable, "-m", "engine.serve", *flags], env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 900.0) -> None:

@@ -23,6 +23,7 @@ import time
 
 import httpx
 
+from engine.args import parse_args as parse_server_args
 
 
 def free_port() -> int:
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for each start")
     parser.add_argument("--result-json")
     args, server_args = parser.parse_known_args(argv)
+    parse_server_args(server_args, prog="benchmarks.startup (server flags)")  # a bad flag stops here
     with tempfile.TemporaryDirectory(prefix="tessera-jax-cache-") as fresh:
         cache_dir = args.cache_dir or fresh
         result: dict[str, object] = {"server_args": server_args, "cache_dir": cache_dir,

@@ -5,7 +5,8 @@ with dummy weights placed by those rules, then: the throughput workload of
 benchmarks/throughput.py (warm-up pass, then a timed pass) and a batch-1 decode (one request
 alone). Writes a CSV, a JSON and a PNG (throughput and batch-1 time per token per layout, with
 the one-device layout as a reference line; ``pip install -e .[bench]`` for matplotlib) and
-prints the table.
+prints the table. Every other engine flag of ``python -m engine.serve`` applies to each engine
+(here ``--load-format`` defaults to dummy and the compilation cache is off).
 
   # CPU, 8 fake devices, a tiny model:
   python -m benchmarks.sweep --cpu-devices 8 --meshes tp=1 tp=2 tp=4 dp=2,tp=2 \\
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import gc
 import itertools
 import json
@@ -33,6 +35,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from engine.config import add_engine_flags, checked_engine_config, engine_config
+from engine.config_flags import mesh_spec, rules_spec
+
+# The grid's own flags set these per layout (--meshes, --rules, --attention-backends).
+SWEPT_FIELDS = ("mesh", "tensor_parallel_size", "data_parallel_size", "sharding_rules", "attention_backend")
 TINY_CONFIG = {
     "architectures": ["LlamaForCausalLM"], "vocab_size": 512, "hidden_size": 128, "intermediate_size": 256,
     "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 16,
@@ -45,41 +52,39 @@ COLUMNS = ["mesh", "rules", "backend", "devices", "output_tokens_per_s", "total_
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--meshes", nargs="+", default=["tp=1", "tp=2"], metavar="SPEC")
-    parser.add_argument("--rules", nargs="+", default=["default"], metavar="NAME|FILE")
-    parser.add_argument("--model", default=None, help="HF config directory; default: a tiny built-in config")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--num-prompts", type=int, default=32)
-    parser.add_argument("--input-len", type=int, default=64)
-    parser.add_argument("--output-len", type=int, default=32)
-    parser.add_argument("--max-num-seqs", type=int, default=256)
-    parser.add_argument("--max-model-len", type=int, default=None)
-    parser.add_argument("--num-gpu-blocks-override", type=int, default=None)
-    parser.add_argument("--attention-backends", "--attention-backend", nargs="+", default=[None],
-                        metavar="NAME", help="attention backends to sweep (default: the platform's)")
-    parser.add_argument("--cpu-devices", type=int, default=None,
-                        help="run on the CPU with this many fake devices (sets XLA_FLAGS; must come first)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sweep"),
-                        help="output prefix: writes OUT.csv, OUT.json and OUT.png")
-    parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    return parser.parse_args(argv)
+    grid = parser.add_argument_group("the grid")
+    grid.add_argument("--meshes", nargs="+", type=mesh_spec, default=["tp=1", "tp=2"], metavar="SPEC")
+    grid.add_argument("--rules", nargs="+", type=rules_spec, default=["default"], metavar="NAME|FILE")
+    grid.add_argument("--attention-backends", "--attention-backend", nargs="+", default=[None],
+                      metavar="NAME", help="attention backends to sweep (default: the platform's)")
+    run = parser.add_argument_group("the run")
+    run.add_argument("--num-prompts", type=int, default=32)
+    run.add_argument("--input-len", type=int, default=64)
+    run.add_argument("--output-len", type=int, default=32)
+    run.add_argument("--cpu-devices", type=int, default=None,
+                     help="run on the CPU with this many fake devices (sets XLA_FLAGS)")
+    run.add_argument("--out", type=Path, default=Path("benchmarks/results/sweep"),
+                     help="output prefix: writes OUT.csv, OUT.json and OUT.png")
+    run.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    # --model: an HF config directory (weights are dummies); none: a tiny built-in config.
+    add_engine_flags(parser, defaults={"model": None, "load_format": "dummy", "compilation_cache_dir": None},
+                     skip=SWEPT_FIELDS)
+    args = parser.parse_args(argv)
+    checked_engine_config(parser, args)
+    return args
 
 
 def _engine(args: argparse.Namespace, model_dir: str, mesh: str, rules: str, backend: str | None) -> Any:
     import jax
 
-    from engine import EngineConfig, LLMEngine
+    from engine import LLMEngine
     from sharding import ModelSharding, parse_mesh_spec
 
     size = math.prod(parse_mesh_spec(mesh).values())
     if size > jax.device_count():
         raise ValueError(f"needs {size} devices, {jax.device_count()} available")
     sharding = ModelSharding.from_spec(mesh, rules, devices=jax.devices()[:size])
-    config = EngineConfig(
-        model=model_dir, load_format="dummy", dtype=args.dtype, max_num_seqs=args.max_num_seqs,
-        max_model_len=args.max_model_len, num_gpu_blocks_override=args.num_gpu_blocks_override,
-        attention_backend=backend, compilation_cache_dir=None,
-    )
+    config = dataclasses.replace(engine_config(args), model=model_dir, attention_backend=backend)
     return LLMEngine(config, sharding=sharding)
 
 
@@ -186,12 +191,14 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    import jax
+
     if args.cpu_devices:
         args.num_gpu_blocks_override = args.num_gpu_blocks_override or CPU_KV_BLOCKS
-        os.environ["JAX_PLATFORMS"] = "cpu"
+        # Read when JAX creates its backends, which importing it (for the flags) does not do.
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + f" --xla_force_host_platform_device_count={args.cpu_devices}")
-    import jax
+        jax.config.update("jax_platforms", "cpu")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

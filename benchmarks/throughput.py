@@ -10,7 +10,8 @@ the host time it did not hide (benchmarks/step_timeline.py), and the fraction of
 roofline reached (copy bandwidth: benchmarks/roofline.py).
 
 ``--batch1`` measures one request alone (default 128 in / 512 out): tok/s and its fraction
-of the roofline (weights + KV read once per token at the measured copy bandwidth).
+of the roofline (weights + KV read once per token at the measured copy bandwidth). Every engine
+flag of ``python -m engine.serve`` applies (``--seed`` also seeds the prompts).
 
   python -m benchmarks.throughput --num-prompts 64 --input-len 128 --output-len 64
   python -m benchmarks.throughput --model benchmarks/configs/llama-3-8b --load-format dummy \
@@ -32,7 +33,8 @@ import numpy as np
 from benchmarks import serve
 from benchmarks.roofline import copy_bandwidths
 from benchmarks.step_timeline import StepTimeline
-from engine import EngineConfig, LLMEngine, SamplingParams
+from engine import LLMEngine, SamplingParams
+from engine.config import add_engine_flags, checked_engine_config
 from models.weights import param_shapes
 
 Workload = list[tuple[list[int], int]]  # (prompt ids, output length)
@@ -77,42 +79,30 @@ def make_workload(args: argparse.Namespace, vocab: int, max_model_len: int, rng:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The workload's flags, and every engine flag (engine/config.py)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--load-format", default="auto")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--dataset", choices=["random", "sharegpt"], default="random")
-    parser.add_argument("--batch1", action="store_true", help="one request alone: latency-bound decode")
-    parser.add_argument("--num-prompts", type=int, default=64)
-    parser.add_argument("--input-len", type=int, default=None, help="default 128")
-    parser.add_argument("--output-len", type=int, default=None, help="default 64; 512 with --batch1")
-    parser.add_argument("--max-num-seqs", type=int, default=256)
-    parser.add_argument("--max-num-batched-tokens", type=int, default=None)
-    parser.add_argument("--max-model-len", type=int, default=None)
-    parser.add_argument("--num-gpu-blocks-override", type=int, default=None)
-    parser.add_argument("--attention-backend", default=None)
-    parser.add_argument("--mesh", default=None)
-    parser.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=True,
-                        help="the overlap of host and device work (default: on)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--warmup-passes", type=int, default=0, help="unmeasured passes before the timed one")
-    parser.add_argument("--output-json", default=None)
+    workload = parser.add_argument_group("workload")
+    workload.add_argument("--dataset", choices=["random", "sharegpt"], default="random")
+    workload.add_argument("--batch1", action="store_true", help="one request alone: latency-bound decode")
+    workload.add_argument("--num-prompts", type=int, default=64)
+    workload.add_argument("--input-len", type=int, default=None, help="default 128")
+    workload.add_argument("--output-len", type=int, default=None, help="default 64; 512 with --batch1")
+    workload.add_argument("--warmup-passes", type=int, default=0, help="unmeasured passes before the timed one")
+    workload.add_argument("--output-json", default=None)
+    add_engine_flags(parser)
     return parser
 
 
 def main() -> None:
-    args = build_parser().parse_args()
+    parser = build_parser()
+    args = parser.parse_args()
+    config = checked_engine_config(parser, args)
     if args.batch1:
         args.num_prompts, args.dataset = 1, "random"
     args.input_len = args.input_len or 128
     args.output_len = args.output_len or (512 if args.batch1 else 64)
     started = time.perf_counter()
-    engine = LLMEngine(EngineConfig(
-        model=args.model, load_format=args.load_format, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
-        num_gpu_blocks_override=args.num_gpu_blocks_override, attention_backend=args.attention_backend,
-        mesh=args.mesh, seed=args.seed, async_scheduling=args.async_scheduling,
-    ))
+    engine = LLMEngine(config)
     startup = time.perf_counter() - started
     print(f"Engine ready in {startup:.1f}s ({engine.stats().num_compilations} programs lowered, "
           f"compiled or loaded)")

@@ -1,5 +1,7 @@
 """Command-line flags of ``python -m engine.serve`` / ``tessera serve``, with vLLM's names.
 
+The engine's flags come from EngineConfig (engine/config.py, one per field); this module adds the
+server's own (HTTP, CORS, TLS, chat template, ...), the multi-host flags, and ``--config``.
 Precedence: command line, then ``--config FILE.yaml`` (long flag names as keys), then defaults.
 """
 
@@ -7,55 +9,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from engine.compilation import CACHE_DIR_ENV, default_cache_dir
-from engine.config import EngineConfig
-from sharding.cli import add_multihost_args, add_parallel_size_args, resolve_parallel_sizes
+from engine.config import add_engine_flags, checked_engine_config
+from engine.config_flags import human_int
+from sharding.cli import add_multihost_args
 
 API_KEY_ENV = "TESSERA_API_KEY"
-_SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "K": 2**10, "M": 2**20, "G": 2**30}
-_MESH_AXIS = re.compile(r"^([a-z]+)=(\d+)$")
-
-
-def human_int(text: str) -> int:
-    """vLLM's human-readable sizes: ``32k`` = 32,000, ``32K`` = 32,768, ``1.5M`` = 1,572,864."""
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kmgKMG]?)", text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 4096, 32k = 32000, 32K = 32768)")
-    value = float(match.group(1)) * _SIZE_UNITS[match.group(2)]
-    if value != int(value) or value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number of tokens")
-    return int(value)
-
-
-def mesh_spec(text: str) -> str:
-    """``tp=4`` or ``dp=2,tp=2``: comma-separated ``axis=size``, each axis once, sizes >= 1."""
-    seen = set()
-    for item in text.split(","):
-        match = _MESH_AXIS.match(item.strip())
-        if not match or int(match.group(2)) < 1:
-            raise argparse.ArgumentTypeError(f"mesh {text!r}: expected axis=size items like 'tp=4' or 'dp=2,tp=2'")
-        if match.group(1) in seen:
-            raise argparse.ArgumentTypeError(f"mesh {text!r}: axis {match.group(1)!r} given twice")
-        seen.add(match.group(1))
-    return text.replace(" ", "")
-
-
-def size_list(text: str) -> tuple[int, ...]:
-    """``16,64,256``: positive whole numbers, comma-separated."""
-    try:
-        values = [human_int(item) for item in text.split(",") if item.strip()]
-    except argparse.ArgumentTypeError as err:
-        raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a list of sizes such as 16,64,256")
-    return tuple(values)
+REASONING_END = "</think>"  # where the thinking of every --reasoning-parser's models ends
 
 
 def build_parser(prog: str = "python -m engine.serve") -> argparse.ArgumentParser:
@@ -66,74 +31,14 @@ def build_parser(prog: str = "python -m engine.serve") -> argparse.ArgumentParse
     )
     parser.add_argument("model_tag", nargs="?", metavar="MODEL", help="model directory or .gguf file (as --model)")
 
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", metavar="PATH",
-                       help="HF model directory (safetensors) or .gguf file; default: the embedded model")
-    model.add_argument("--tokenizer", metavar="PATH",
-                       help="tokenizer directory or .gguf file; default: the model's own")
+    model = add_engine_flags(parser)["model"]
     model.add_argument("--served-model-name", nargs="+", metavar="NAME",
                        help="name(s) clients use in 'model'; the first is reported; default: the model's name")
-    model.add_argument("--dtype", default="auto",
-                       choices=["auto", "half", "float16", "bfloat16", "float", "float32"],
-                       help="weight and activation dtype; auto keeps the checkpoint's (default: %(default)s)")
-    model.add_argument("--load-format", default="auto", metavar="FORMAT",
-                       help="auto, safetensors, gguf or dummy (random weights of the model's shape) "
-                            "(default: %(default)s)")
-    model.add_argument("--seed", type=int, default=0, metavar="N", help="engine random seed (default: %(default)s)")
     model.add_argument("--chat-template", metavar="FILE_OR_TEMPLATE",
                        help="Jinja chat template, as a file or the template itself")
     model.add_argument("--generation-config", default="auto", metavar="SOURCE",
                        help="default sampling values: 'auto' (the model folder's generation_config.json), "
                             "'vllm' (none), or a folder (default: %(default)s)")
-
-    engine = parser.add_argument_group("engine")
-    engine.add_argument("--max-model-len", type=human_int, metavar="TOKENS",
-                        help="context length; accepts 32k (32000) or 32K (32768); default: the model's")
-    engine.add_argument("--max-num-seqs", type=int, default=256, metavar="N",
-                        help="most sequences in one batch (default: %(default)s)")
-    engine.add_argument("--max-num-batched-tokens", type=human_int, metavar="TOKENS",
-                        help="most tokens in one step (default with chunked prefill: 512 on CPU, 2048 elsewhere)")
-    engine.add_argument("--gpu-memory-utilization", type=float, default=0.9, metavar="FRACTION",
-                        help="fraction of accelerator memory for weights, activations and KV cache "
-                             "(default: %(default)s)")
-    engine.add_argument("--kv-cache-memory", type=human_int, metavar="BYTES",
-                        help="KV cache size in bytes (e.g. 4G); overrides --gpu-memory-utilization")
-    engine.add_argument("--num-gpu-blocks-override", type=int, metavar="N",
-                        help="KV cache blocks, ignoring memory sizing")
-    engine.add_argument("--block-size", type=int, default=16, choices=[8, 16, 32, 64, 128],
-                        help="tokens per KV cache block (default: %(default)s)")
-    engine.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=True,
-                        help="split long prompts across steps (default: on)")
-    engine.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
-                        help="reuse the KV blocks of a shared prompt prefix (default: on)")
-    engine.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=True,
-                        help="overlap: launch the next step before the last one's tokens reach the host "
-                             "(default: on; --no-async-scheduling waits for every step)")
-    engine.add_argument("--attention-backend", metavar="NAME",
-                        help="attention implementation; default: the best for the device")
-    engine.add_argument("--mesh", type=mesh_spec, metavar="SPEC", help="device mesh, e.g. 'tp=4' or 'dp=2,tp=2'")
-    add_parallel_size_args(engine)
-    engine.add_argument("--sharding-rules", default="default", metavar="NAME_OR_FILE",
-                        help="how model axes map onto the mesh: a rule set name or a JSON/YAML file "
-                             "(default: %(default)s)")
-    engine.add_argument("--skip-warmup", action="store_true",
-                        help="development: do not precompile the bucket plan; shapes compile when first used")
-
-    compile_group = parser.add_argument_group("compilation")
-    compile_group.add_argument("--compilation-cache-dir", default=default_cache_dir(), metavar="DIR",
-                               help="JAX persistent compilation cache (default: $%s or %%(default)s)"
-                                    % CACHE_DIR_ENV)
-    compile_group.add_argument("--no-compilation-cache", dest="compilation_cache_dir", action="store_const",
-                               const=None, help="compile every program from scratch, store nothing")
-    compile_group.add_argument("--compile-workers", type=int, metavar="N",
-                               help="threads compiling the bucket plan at start-up (default: min(8, cores))")
-    compile_group.add_argument("--token-buckets", type=size_list, metavar="N,N,...",
-                               help="padded token counts of steps with a prefill chunk, closed by "
-                                    "--max-num-batched-tokens (default: 64,128,256 on CPU, else 16, 32, ...)")
-    compile_group.add_argument("--seq-buckets", type=size_list, metavar="N,N,...",
-                               help="padded sequence counts per step, closed by --max-num-seqs "
-                                    "(default: 8,32,64,128 on CPU, else 4, 8, ...)")
-
     add_multihost_args(parser)
 
     server = parser.add_argument_group("server")
@@ -191,7 +96,9 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m engine.serv
     if args.config is not None:
         args = parser.parse_args(_config_file_args(parser, args.config) + argv)
     args.model = args.model_tag or args.model
-    resolve_parallel_sizes(parser, args)
+    if args.reasoning_parser and args.reasoning_end is None:
+        args.reasoning_end = REASONING_END
+    checked_engine_config(parser, args)
     if args.api_key is None and os.environ.get(API_KEY_ENV):
         args.api_key = [os.environ[API_KEY_ENV]]
     if bool(args.ssl_keyfile) != bool(args.ssl_certfile):
@@ -211,43 +118,35 @@ def _config_file_args(parser: argparse.ArgumentParser, path: Path) -> list[str]:
         parser.error(f"--config {path}: {err}")
     if not isinstance(data, dict):
         parser.error(f"--config {path}: expected a mapping of flag names to values")
-    actions = {a.dest: a for a in parser._actions if a.option_strings}
+    options = _long_options(parser)
     tokens: list[str] = []
     for key, value in data.items():
-        dest = str(key).replace("-", "_")
-        action = actions.get(dest)
-        if action is None or dest == "config":
+        flag = "--" + str(key).replace("_", "-")
+        action = options.get(flag)
+        if action is None or flag == "--config":
             parser.error(f"--config {path}: unknown option {key!r}")
-        flag = next(s for s in action.option_strings if s.startswith("--"))
-        if isinstance(action, argparse.BooleanOptionalAction):
-            tokens.append(flag if value else f"--no-{flag[2:]}")
-        elif action.nargs == 0:  # store_true
-            if value:
-                tokens.append(flag)
-        elif isinstance(value, list):
-            tokens += [flag, *map(str, value)]
-        elif value is not None:
-            tokens += [flag, str(value)]
+        tokens += _flag_tokens(flag, action, value)
     return tokens
 
 
-REASONING_END = "</think>"  # where the thinking of every --reasoning-parser's models ends
+def _long_options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Every ``--spelling`` of every flag, except the ``--no-x`` halves of ``--x/--no-x``."""
+    options = {}
+    for action in parser._actions:
+        negations = ({"--no-" + s[2:] for s in action.option_strings}
+                     if isinstance(action, argparse.BooleanOptionalAction) else set())
+        options.update({s: action for s in action.option_strings if s.startswith("--") and s not in negations})
+    return options
 
 
-def engine_config(args: argparse.Namespace) -> EngineConfig:
-    return EngineConfig(
-        model=args.model, tokenizer=args.tokenizer, dtype=args.dtype, load_format=args.load_format, seed=args.seed,
-        max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size,
-        gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_memory_bytes=args.kv_cache_memory,
-        num_gpu_blocks_override=args.num_gpu_blocks_override, enable_chunked_prefill=args.enable_chunked_prefill,
-        enable_prefix_caching=args.enable_prefix_caching, async_scheduling=args.async_scheduling,
-        attention_backend=args.attention_backend, mesh=args.mesh, sharding_rules=args.sharding_rules,
-        compilation_cache_dir=args.compilation_cache_dir, precompile=not args.skip_warmup,
-        compile_workers=args.compile_workers,
-        token_bucket_ladder=args.token_buckets, seq_bucket_ladder=args.seq_buckets,
-        reasoning_end=REASONING_END if args.reasoning_parser else None,
-    )
+def _flag_tokens(flag: str, action: argparse.Action, value: Any) -> list[str]:
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return [flag if value else f"--no-{flag[2:]}"]
+    if action.nargs == 0:  # store_true, store_const
+        return [flag] if value else []
+    if isinstance(value, list):
+        return [flag, *map(str, value)]
+    return [] if value is None else [flag, str(value)]
 
 
 def describe(args: argparse.Namespace) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import argparse
 import logging
 import time
 
-from engine.args import engine_config
+from engine.config import engine_config
 from engine.llm_engine import LLMEngine
 from sharding import multihost
 from sharding.cli import init_distributed_from_args

@@ -26,6 +26,7 @@ from engine.config import EngineConfig
 from engine.constrained import ConstrainedRequests, grammar_finish
 from engine.model_runner import InFlightStep, ModelRunner, StepOutput
 from engine.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
+from engine.request_errors import RequestValidationError
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledBatch, Scheduler
 from engine.sequence import Sequence
@@ -174,31 +175,33 @@ class LLMEngine:
     def encode_prompt(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
             if self.tokenizer is None:
-                raise ValueError("this model was loaded without a tokenizer: pass prompt token ids")
+                raise RequestValidationError("this model was loaded without a tokenizer: pass prompt token ids",
+                                             "prompt")
             ids = self.tokenizer.encode(prompt)
             text: str | None = prompt
         else:
             ids = [int(t) for t in prompt]
             text = None
         if not ids:
-            raise ValueError("the prompt is empty")
+            raise RequestValidationError("the prompt is empty", "prompt")
         vocab = self.model_config.vocab_size
         bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
-            raise ValueError(f"prompt token id {bad[0]} is out of range for a vocabulary of {vocab}")
+            raise RequestValidationError(f"prompt token id {bad[0]} is out of range for a vocabulary of {vocab}",
+                                         "prompt")
         return text, ids
 
     def check_length(self, num_prompt_tokens: int, params: SamplingParams) -> int:
-        """The max_tokens the request will get; a ValueError when it cannot fit."""
+        """The max_tokens the request will get; a RequestValidationError when it cannot fit."""
         if num_prompt_tokens >= self.max_model_len:
-            raise ValueError(
+            raise RequestValidationError(
                 f"This model's maximum context length is {self.max_model_len} tokens. However, your "
                 f"request has {num_prompt_tokens} input tokens. Please reduce the length of the input."
             )
         if params.max_tokens is None:
             return self.max_model_len - num_prompt_tokens
         if num_prompt_tokens + params.max_tokens > self.max_model_len:
-            raise ValueError(
+            raise RequestValidationError(
                 f"This model's maximum context length is {self.max_model_len} tokens. However, you "
                 f"requested {num_prompt_tokens + params.max_tokens} tokens ({num_prompt_tokens} in the "
                 f"input, {params.max_tokens} in the completion). Please reduce the length of the input "

@@ -1,9 +1,9 @@
 """Per-request sampling settings, validated up front so bad input never reaches the device.
 
 ``validate`` accepts exactly what the server's request structs accept (both read their bounds from
-engine/request_limits.py) and raises ValueError, naming the field first, for anything else: a wrong
-type, a value outside its dtype or meaning, a token id outside the vocabulary. Nothing a caller
-puts in these fields can make a later engine step raise.
+engine/request_limits.py) and raises RequestValidationError, carrying the field, for anything else:
+a wrong type, a value outside its dtype or meaning, a token id outside the vocabulary. Nothing a
+caller puts in these fields can make a later engine step raise.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from engine import request_limits as lim
+from engine.request_errors import RequestValidationError
 from engine.structured_output.spec import StructuredOutputSpec
 
 MAX_LOGPROBS = lim.MAX_LOGPROBS
@@ -60,7 +61,8 @@ class SamplingParams:
             self.temperature = 0.0
 
     def validate(self, vocab_size: int | None = None, num_eos_ids: int = 0) -> None:
-        """Raises ValueError ("<field> must ..., got ...") unless every field is in range.
+        """Raises RequestValidationError ("<field> must ..., got ...", param the field) unless every
+        field is in range.
 
         With ``vocab_size``, token ids (logit_bias keys, stop_token_ids) must also be below it.
         ``num_eos_ids``: the model's eos ids, which min_tokens suppresses through the bias row.
@@ -147,7 +149,7 @@ def _bad(name: str, why: str, value: Any) -> None:
     shown = repr(value)
     if len(shown) > 80:
         shown = shown[:77] + "..."
-    raise ValueError(f"{name} {why}, got {shown}")
+    raise RequestValidationError(f"{name} {why}, got {shown}", name)
 
 
 def _check_int(name: str, value: Any, low: int, high: int, what: str = "") -> None:

@@ -1,12 +1,13 @@
 """The API server's link to the engine core (another process): requests out, outputs back.
 
-``add_request`` sends the prompt's token ids to the core and waits for its admission (a ValueError
-from the engine is raised here, as a 400); each admitted request gets a RequestTracker that turns
-the core's per-step token deltas into text (detokenization and stop strings happen here, not in
-the core) and a RequestStream the handler reads. A request the engine fails on ends alone with a
-RequestFailedError. The core's stats arrive with every step and feed /metrics. If the core dies
-(its process is gone, or it says it failed), every waiting request gets an EngineDeadError,
-``alive`` turns false (/health answers 503) and ``on_core_death`` runs.
+``add_request`` sends the prompt's token ids to the core and waits for its admission (a refusal
+is raised here as a RequestValidationError with the field the engine named: a 400); each
+admitted request gets a RequestTracker that turns the core's per-step token deltas into text
+(detokenization and stop strings happen here, not in the core) and a RequestStream the handler
+reads. A request the engine fails on ends alone with a RequestFailedError. The core's stats
+arrive with every step and feed /metrics. If the core dies (its process is gone, or it says it
+failed), every waiting request gets an EngineDeadError, ``alive`` turns false (/health answers
+503) and ``on_core_death`` runs.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from engine.core.client import CoreClient
-from engine.core.messages import AbortRequests, AddRequest, CoreStatus, Hello, StepOutputs
+from engine.core.messages import AbortRequests, AddRequest, Admission, CoreStatus, Hello, StepOutputs
 from engine.core.output_processor import RequestTracker
 from engine.core.served_model import ServedModel
 from engine.core.transport import CoreAddresses
 from engine.llm_engine import EngineStats
 from engine.outputs import RequestOutput
+from engine.request_errors import RequestValidationError
 from engine.sampling_params import SamplingParams
 from server.metrics import ServerMetrics
 from server.stats_log import StatsLogger
@@ -42,14 +44,6 @@ class RequestFailedError(RuntimeError):
 
 class EngineDeadError(RequestFailedError):
     status = 503
-
-
-class RefusedError(ValueError):
-    """The engine refused the request (a 400); ``param`` is the field at fault when it said so."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 class RequestStream:
@@ -141,7 +135,7 @@ class EngineLoop:
     # ---- requests ----------------------------------------------------------------------------
     async def add_request(self, request_id: str, prompt: list[int], params: SamplingParams,
                           arrival_time: float | None = None) -> RequestStream:
-        """Hands the request to the core; the engine's ValueError (too long, bad ids) is raised here."""
+        """Hands the request to the core; the engine's refusal (too long, bad ids) is raised here."""
         if not self.alive or self._client is None:
             raise EngineDeadError("The engine has stopped; this server cannot serve requests.")
         if request_id in self._tracked:
@@ -201,9 +195,7 @@ class EngineLoop:
                 tracked.admitted.set_result(None)
             else:
                 del self._tracked[admission.request_id]
-                error: Exception = (RefusedError(admission.error, admission.param) if admission.status == 400
-                                    else RequestFailedError(admission.error))
-                tracked.admitted.set_exception(error)
+                tracked.admitted.set_exception(_refusal(admission))
         for failure in step.failures:
             failed = self._tracked.pop(failure.request_id, None)
             if failed is not None:
@@ -283,3 +275,8 @@ def _fail(tracked: _Tracked, error: RequestFailedError) -> None:
         tracked.admitted.set_exception(error)
     else:
         tracked.stream.put(error)
+def _refusal(admission: Admission) -> Exception:
+    """The error of a request the core did not admit: what the engine raised, or a failure of its own."""
+    if admission.status == 400:
+        return RequestValidationError(admission.error or "", admission.param)
+    return RequestFailedError(admission.error or "")

@@ -1,18 +1,20 @@
 """Errors in OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, for every failure.
 
-Clients never see a stack trace: unexpected exceptions are logged here and answered with a 500.
+A request refused for its content is a 400 whose ``param`` is the field a RequestValidationError
+carries (engine/request_errors.py); any other ValueError from a request check is a 400 naming no
+field. Clients never see a stack trace: unexpected exceptions are logged here and answered with
+a 500.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 
-from engine.sampling_params import SamplingParams
+from engine.request_errors import RequestValidationError
 from server.responses import ErrorInfo, ErrorResponse
 
 logger = logging.getLogger(__name__)
@@ -26,7 +28,6 @@ ERROR_TYPES = {
     500: "InternalServerError",
     503: "ServiceUnavailableError",
 }
-_PARAM_NAMES = frozenset(f.name for f in dataclasses.fields(SamplingParams)) | {"prompt", "messages"}
 
 
 class APIError(Exception):
@@ -49,14 +50,8 @@ def bad_request(message: str, param: str | None = None) -> APIError:
 
 
 def from_value_error(err: ValueError) -> APIError:
-    """``param``: the error's own (StructuredOutputError, an engine refusal that names it), else the
-    field name the engine's validation messages start with."""
-    message = str(err)
-    param = getattr(err, "param", None)
-    if isinstance(param, str):
-        return APIError(400, message, param)
-    first = message.split(" ", 1)[0]
-    return APIError(400, message, first if first in _PARAM_NAMES else None)
+    """A refused request's 400; ``param`` is the field a RequestValidationError names."""
+    return APIError(400, str(err), err.param if isinstance(err, RequestValidationError) else None)
 
 
 def error_response(status: int, message: str, param: str | None = None,
@@ -68,6 +63,10 @@ def error_response(status: int, message: str, param: str | None = None,
 
 def _api_error(_: Request[Any, Any, Any], exc: APIError) -> Response[ErrorResponse]:
     return error_response(exc.status, exc.message, exc.param, exc.headers)
+
+
+def _invalid_request(_: Request[Any, Any, Any], exc: RequestValidationError) -> Response[ErrorResponse]:
+    return error_response(400, str(exc), exc.param)
 
 
 def _validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorResponse]:
@@ -97,6 +96,7 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Err
 
 EXCEPTION_HANDLERS = {
     APIError: _api_error,
+    RequestValidationError: _invalid_request,
     ValidationException: _validation_error,
     HTTPException: _http_error,
     Exception: _unexpected,

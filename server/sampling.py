@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from engine.request_errors import RequestValidationError
 from engine.sampling_params import SamplingParams
 from server.errors import bad_request
 from server.protocol import SamplingFields
@@ -60,7 +61,7 @@ def sampling_params(
     logprobs: int | None,
     prompt_logprobs: int | None = None,
 ) -> SamplingParams:
-    """Raises ValueError (a 400) naming the field when a value is out of range."""
+    """Raises RequestValidationError (a 400 naming the field) when a value is out of range."""
 
     def pick(name: str, fallback: Any) -> Any:
         value = getattr(req, name)
@@ -96,6 +97,6 @@ def _logit_bias(bias: dict[str, float] | None) -> dict[int, float] | None:
     out = {}
     for key, value in bias.items():
         if not key.strip().isascii() or not key.strip().isdigit():
-            raise ValueError(f"logit_bias keys must be token ids, got {key[:40]!r}")
+            raise RequestValidationError(f"logit_bias keys must be token ids, got {key[:40]!r}", "logit_bias")
         out[int(key)] = value
     return out

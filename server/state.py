@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 from engine.core.served_model import ServedModel
+from engine.request_errors import RequestValidationError
 from engine.request_limits import MAX_CHARS_PER_TOKEN
 from engine.sampling_params import SamplingParams
 from engine.structured_output import StructuredOutputError, StructuredOutputSpec
@@ -96,7 +97,7 @@ class ServerState:
         """Token ids of a prompt. A text too long to fit in any tokenization is refused before
         tokenizing; tokenizing runs in a worker thread so a long text never holds the event loop.
         The engine core checks the ids against the vocabulary and the context length when it admits
-        the request (its ValueError becomes a 400 there)."""
+        the request (its RequestValidationError becomes a 400 there)."""
         try:
             self.check_text_length(prompt)
         except ValueError as err:
@@ -110,9 +111,10 @@ class ServerState:
     def check_text_length(self, text: str | list[int]) -> None:
         limit = self.model.max_model_len * MAX_CHARS_PER_TOKEN
         if len(text) > limit:
-            raise ValueError(f"prompt has {len(text)} {'characters' if isinstance(text, str) else 'token ids'}: "
-                             f"far more than this model's maximum context length of {self.model.max_model_len} "
-                             "tokens. Please reduce the length of the input.")
+            raise RequestValidationError(
+                f"prompt has {len(text)} {'characters' if isinstance(text, str) else 'token ids'}: far more "
+                f"than this model's maximum context length of {self.model.max_model_len} tokens. Please reduce "
+                "the length of the input.", "prompt")
 
     def output_constraint(self, req: SamplingFields, forced_call: StructuredOutputSpec | None = None
                           ) -> tuple[str | None, StructuredOutputSpec | None]:

@@ -1,8 +1,13 @@
-"""The sharding and multi-host flags, for any entry point that builds an engine.
+"""The multi-host flags, for any entry point that builds an engine over several processes.
 
-    parser = argparse.ArgumentParser(); add_sharding_args(parser); args = parser.parse_args()
+The mesh flags (``--mesh``, ``-tp``, ``-dp``, ``--sharding-rules``) are EngineConfig fields, so
+they come with the engine's flags (engine/config.py ``add_engine_flags``); these three are not
+engine settings but how this process joins the others, before anything touches a device:
+
+    parser = argparse.ArgumentParser(); add_engine_flags(parser); add_multihost_args(parser)
+    args = parser.parse_args(); config = checked_engine_config(parser, args)
     init_distributed_from_args(args)           # first: before anything touches a device
-    engine = LLMEngine(EngineConfig(..., **sharding_config(args)))
+    engine = LLMEngine(config)
     if not multihost.is_leader():
         multihost.follow(engine); return     # processes 1..N-1 replay process 0's steps
     ...serve...; multihost.release(engine)   # process 0, when done
@@ -11,59 +16,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from sharding import multihost
-from sharding.mesh import combine_mesh_flags, parse_mesh_spec
-from sharding.rules import RULE_SETS, load_rules
-
-
-def _mesh_arg(text: str) -> str:
-    try:
-        parse_mesh_spec(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return text.replace(" ", "")
-
-
-def _rules_arg(text: str) -> str:
-    try:
-        load_rules(text)
-    except (ValueError, OSError) as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return text
-
-
-def add_sharding_args(parser: argparse.ArgumentParser) -> None:
-    """All of them: the mesh flags and the multi-host flags."""
-    add_mesh_args(parser)
-    add_multihost_args(parser)
-
-
-def add_mesh_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("sharding")
-    group.add_argument("--mesh", type=_mesh_arg, metavar="SPEC",
-                       help="device mesh over all devices, e.g. 'tp=4' or 'dp=2,tp=4' (default: one device)")
-    add_parallel_size_args(group)
-    group.add_argument("--sharding-rules", type=_rules_arg, default="default", metavar="NAME|FILE",
-                       help=f"logical-axis-to-mesh rules: one of {', '.join(RULE_SETS)}, or a JSON/YAML file "
-                            "(default: %(default)s)")
-
-
-def add_parallel_size_args(group: argparse._ActionsContainer) -> None:
-    """vLLM's spellings of the mesh sizes; ``resolve_parallel_sizes`` folds them into ``--mesh``."""
-    group.add_argument("--tensor-parallel-size", "-tp", type=int, metavar="N",
-                       help="as --mesh tp=N (must agree with --mesh when both are given)")
-    group.add_argument("--data-parallel-size", "-dp", type=int, metavar="N",
-                       help="as --mesh dp=N (must agree with --mesh when both are given)")
-
-
-def resolve_parallel_sizes(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Sets ``args.mesh`` from --mesh, -tp and -dp together; a parser error when they disagree."""
-    try:
-        args.mesh = combine_mesh_flags(args.mesh, args.tensor_parallel_size, args.data_parallel_size)
-    except ValueError as err:
-        parser.error(str(err))
 
 
 def add_multihost_args(parser: argparse.ArgumentParser) -> None:
@@ -83,10 +37,3 @@ def init_distributed_from_args(args: argparse.Namespace) -> None:
     if args.num_processes is not None and args.process_id is not None and not 0 <= args.process_id < args.num_processes:
         raise ValueError(f"--process-id {args.process_id} is not in [0, {args.num_processes})")
     multihost.initialize(args.coordinator_address, args.num_processes, args.process_id)
-
-
-def sharding_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The EngineConfig fields these flags set."""
-    mesh = combine_mesh_flags(args.mesh, getattr(args, "tensor_parallel_size", None),
-                              getattr(args, "data_parallel_size", None))
-    return {"mesh": mesh, "sharding_rules": args.sharding_rules}

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from engine import cli
-from engine.args import engine_config, human_int, mesh_spec, parse_args
+from engine.args import parse_args
+from engine.config import engine_config
+from engine.config_flags import human_int, mesh_spec
 from engine.serve import main as serve_main
 
 VLLM_FLAGS = ("--model", "--tokenizer", "--served-model-name", "--host", "--port", "--dtype", "--max-model-len",

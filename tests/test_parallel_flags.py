@@ -6,9 +6,8 @@ import argparse
 
 import pytest
 
-from engine.args import engine_config, parse_args
-from engine.config import EngineConfig
-from sharding.cli import add_sharding_args, sharding_config
+from engine.args import parse_args
+from engine.config import EngineConfig, add_engine_flags, engine_config
 from sharding.mesh import combine_mesh_flags
 
 
@@ -58,9 +57,9 @@ def test_llm_keyword_and_its_disagreement() -> None:
         combine_mesh_flags(None, -1, None)
 
 
-def test_entry_points_with_the_sharding_flags_accept_the_sizes() -> None:
+def test_entry_points_with_the_engine_flags_accept_the_sizes() -> None:
     parser = argparse.ArgumentParser()
-    add_sharding_args(parser)
-    assert sharding_config(parser.parse_args(["-tp", "4", "-dp", "2"]))["mesh"] == "dp=2,tp=4"
+    add_engine_flags(parser)
+    assert engine_config(parser.parse_args(["-tp", "4", "-dp", "2"])).mesh == "dp=2,tp=4"
     with pytest.raises(ValueError, match="disagrees"):
-        sharding_config(parser.parse_args(["--mesh", "tp=8", "-tp", "4"]))
+        engine_config(parser.parse_args(["--mesh", "tp=8", "-tp", "4"]))

@@ -10,10 +10,11 @@ import jax
 import pytest
 from jax.sharding import AbstractMesh
 
+from engine.config import add_engine_flags, engine_config
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
 from sharding import ModelSharding, ShardingRules, build_mesh, load_rules, parse_mesh_spec
-from sharding.cli import add_sharding_args, init_distributed_from_args, sharding_config
+from sharding.cli import add_multihost_args, init_distributed_from_args
 from sharding.data_parallel import DataParallelScheduler
 from models.head_layout import pad_heads, plan_head_layout
 from sharding.rules import RULE_SETS
@@ -190,9 +191,11 @@ def test_dp_placement_balances_follows_prefixes_and_keeps_forks_together() -> No
 
 def test_flags() -> None:
     parser = argparse.ArgumentParser()
-    add_sharding_args(parser)
+    add_engine_flags(parser)
+    add_multihost_args(parser)
     args = parser.parse_args(["--mesh", "dp=2, tp=4", "--sharding-rules", "fsdp-like"])
-    assert sharding_config(args) == {"mesh": "dp=2,tp=4", "sharding_rules": "fsdp-like"}
+    config = engine_config(args)
+    assert (config.mesh, config.sharding_rules) == ("dp=2,tp=4", "fsdp-like")
     init_distributed_from_args(args)  # single process: nothing to join
     with pytest.raises(SystemExit):
         parser.parse_args(["--mesh", "tp=abc"])

@@ -39,6 +39,7 @@ from engine.core.messages import (
 from engine.core.transport import CoreSockets
 from engine.llm_engine import LLMEngine
 from engine.outputs import PositionLogprobs, RequestOutput
+from engine.request_errors import RequestValidationError
 
 logger = logging.getLogger(__name__)
 
@@ -166,8 +167,10 @@ class EngineCore:
         """The answer to an add; None while its output constraint compiles (``_admitted`` answers)."""
         try:
             scheduled = self.engine.add_request(add.request_id, add.prompt_token_ids, add.params, add.arrival_time)
+        except RequestValidationError as err:
+            return Admission(add.request_id, str(err), param=err.param)
         except ValueError as err:
-            return Admission(add.request_id, str(err), param=getattr(err, "param", None))
+            return Admission(add.request_id, str(err))
         except Exception as exc:  # a bug, not bad input: this request fails alone
             logger.exception("Adding request %s failed", add.request_id)
             if add.request_id in self.engine.requests:

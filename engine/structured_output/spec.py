@@ -14,6 +14,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from engine.request_errors import RequestValidationError
 from engine.request_limits import MAX_CHOICE_CHARS, MAX_CHOICES, MAX_SPEC_CHARS
 
 __all__ = ["MAX_CHOICES", "MAX_CHOICE_CHARS", "MAX_SPEC_CHARS", "StructuredOutputError", "StructuredOutputSpec"]
@@ -29,15 +30,11 @@ REFUSED_OPTIONS = ("disable_any_whitespace", "disable_fallback", "disable_additi
                    "structural_tag")
 
 
-class StructuredOutputError(ValueError):
+class StructuredOutputError(RequestValidationError):
     """A constraint that cannot be used; the message names the problem (answered with a 400).
 
     ``param`` is the request field at fault when known (e.g. "response_format").
     """
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import jsonschema
 
+from engine.request_errors import RequestValidationError
 from engine.request_limits import MAX_TOOLS
 
 __all__ = ["MAX_TOOLS", "FunctionTool", "ToolChoice", "ToolError", "parse_tool_choice", "parse_tools"]
@@ -24,12 +25,8 @@ _NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 ChoiceMode = Literal["none", "auto", "required", "function"]
 
 
-class ToolError(ValueError):
+class ToolError(RequestValidationError):
     """An invalid tool definition or tool choice; ``param`` names the field (for the 400)."""
-
-    def __init__(self, message: str, param: str) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 @dataclasses.dataclass(frozen=True)
