@@ -96,9 +96,12 @@ def _serve_http(args: argparse.Namespace, core: CoreProcess, model: ServedModel,
     for process in others:
         process.start()
 
+    drained: set[int] = set()
+
     def drain_others() -> None:
-        for process in others:
-            if process.is_alive():
+        for i, process in enumerate(others):
+            if process.is_alive() and i not in drained:  # once: a second SIGTERM would kill it mid-exit
+                drained.add(i)
                 process.terminate()  # SIGTERM: each drains its own requests
 
     code = run_api_server(specs[0], sock, core.is_alive, on_signal=drain_others)

@@ -175,6 +175,11 @@ def build_app(engine_loop: EngineLoop, settings: ServerSettings) -> Litestar:
     async def start_engine_loop(app: Litestar) -> None:
         document_streaming(app)
         await engine_loop.start()
+        if engine_loop.client_index > 0:
+            # uvicorn listens once this returns: API servers 1.. join the shared port only when the
+            # core is ready, so the kernel never hands them a connection they would answer with 503
+            # (API server 0 answers /health "warming up" meanwhile)
+            await engine_loop.wait_ready()
 
     async def stop_engine_loop() -> None:
         await engine_loop.shutdown()

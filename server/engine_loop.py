@@ -112,6 +112,11 @@ class EngineLoop:
         self._client.send(Hello(self.client_index))
         self._tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._watch())]
 
+    async def wait_ready(self) -> None:
+        """Until the core has said it is ready, or is gone."""
+        while not self.ready and self.alive:
+            await asyncio.sleep(LIVENESS_POLL_S)
+
     async def shutdown(self) -> None:
         """Ends what still waits here (the core is stopped by whoever started it)."""
         for task in self._tasks:
@@ -126,7 +131,9 @@ class EngineLoop:
 
     @property
     def alive(self) -> bool:
-        return self._client is not None and not self._dead
+        """Connected and the core runs: asked of the process itself, so /health turns 503 the moment
+        the core is gone, not only once the watcher's next poll has noticed."""
+        return self._client is not None and not self._dead and self._core_alive()
 
     @property
     def num_pending(self) -> int:

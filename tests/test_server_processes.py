@@ -106,6 +106,10 @@ def _serve(tmp_path: Path, tokenizer: Any, *flags: str) -> Iterator[Served]:
             time.sleep(0.3)
         else:
             pytest.fail(f"the server did not come up (exit {proc.poll()}):\n{log_path.read_text()[-3000:]}")
+        servers = int(flags[flags.index("--api-server-count") + 1]) if "--api-server-count" in flags else 1
+        while log_path.read_text().count("Application startup complete") < servers:  # all of them listen
+            assert time.monotonic() < deadline and proc.poll() is None, log_path.read_text()[-3000:]
+            time.sleep(0.3)
         yield Served(proc, url, log_path)
     finally:
         if proc.poll() is None:

@@ -143,9 +143,9 @@ def _decode_step_collectives(engine: Any) -> dict[str, Any]:
     found = {kind: dataclasses.asdict(entry) for kind, entry in count_collectives(text).items()}
     shard = runner.kv_caches[0][0].addressable_shards[0].data
     # the per-shard KV write must stay in place: no copy of a buffer shaped like a pool shard (the
-    # sampler's copies of logits can be as large, so sizes alone would not tell them apart)
-    found["pool_copies"] = [line for line in pool_copies(text, shard.size)
-                            if sorted(_dims(line)) == sorted(shard.shape)]
+    # sampler's logits and the CPU attention's gathered key tiles can be as large, so sizes alone
+    # would not tell them apart)
+    found["pool_copies"] = [line for line in pool_copies(text, shard.size) if _dims(line) == list(shard.shape)]
     return found
 
 
