@@ -18,11 +18,11 @@ from typing import Callable
 import numpy as np
 
 from engine.batch_rows import FLOAT_SETTINGS, BatchRows
+from engine.data_parallel import DataParallelBatch
 from engine.sampler import SamplerMode, SamplingTensors, pow2_at_least
 from engine.scheduler import ScheduledBatch
 from engine.sequence import Sequence
 from engine.step_input import PENDING_TOKEN, StepInput, empty_sampling
-from sharding.data_parallel import DataParallelBatch
 
 ShapeFn = Callable[[int, int, int, bool], tuple[int, int, int]]
 

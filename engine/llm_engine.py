@@ -6,7 +6,6 @@ requests between steps (engine/core/engine_core.py); offline ``LLM`` drives it i
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 import time
@@ -18,13 +17,18 @@ import jax
 from engine.block_manager import BlockManager
 from engine.compilation import compilation_count, enable_persistent_cache, install_counter
 from engine.config import EngineConfig
+from engine.data_parallel import DataParallelScheduler
+from engine.environment import configure_process
 from engine.model_runner import InFlightStep, ModelRunner, StepOutput
 from engine.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledBatch, Scheduler
+from engine.scheduler_protocols import BatchScheduler, BlockPool
 from engine.sequence import Sequence
+from engine.stats import EngineStats
 from engine.stop_checker import StopChecker
-from models.loaders import LoadedModel, load_model
+from engine.tokenizer import load_tokenizer
+from models.loaders.load import LoadedModel, load_model
 from ops.attention import default_backend, validate_backend
 
 if TYPE_CHECKING:
@@ -33,22 +37,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_TOKENS = 2048
-
-
-@dataclasses.dataclass
-class EngineStats:
-    num_running: int
-    num_waiting: int
-    kv_cache_usage: float
-    num_free_blocks: int
-    num_blocks: int
-    prompt_tokens_total: int
-    generation_tokens_total: int
-    num_preemptions: int
-    num_compilations: int
-    num_late_compilations: int  # step programs compiled after the bucket plan was ready (should be 0)
-    prefix_cache_queries: int  # prompt tokens looked up in the prefix cache
-    prefix_cache_hits: int  # of those, tokens whose KV was reused
 
 
 class RequestState:
@@ -70,6 +58,7 @@ class LLMEngine:
                  sharding: ModelSharding | None = None, precompile: bool | None = None) -> None:
         """``precompile`` (default: ``config.precompile``): compile the bucket plan now; the engine
         core passes False and calls ``precompile()`` itself, reporting progress to its API servers."""
+        configure_process()  # before the first JAX device use below
         config = config.with_platform_defaults(jax.default_backend())
         config.validate()
         install_counter()
@@ -84,7 +73,7 @@ class LLMEngine:
             loaded = load_model(
                 config.model, tokenizer=config.tokenizer, dtype=config.dtype, load_format=config.load_format,
                 seed=config.seed, use_checkpoint_cache=config.use_checkpoint_cache,
-                sharding_for=sharding.param_sharding if sharding else None,
+                sharding_for=sharding.param_sharding if sharding else None, make_tokenizer=load_tokenizer,
             )
         self.model_config = loaded.config
         self.tokenizer = loaded.tokenizer
@@ -125,19 +114,7 @@ class LLMEngine:
             precompiled=config.precompile,
         )
         logger.info(self.runner.kv_cache_summary())
-        if sharding is not None and sharding.dp > 1:
-            from sharding.data_parallel import DataParallelScheduler
-
-            self.scheduler = DataParallelScheduler(
-                sharding.dp, self.runner.num_blocks // sharding.dp, config.block_size, config.max_num_seqs,
-                self.max_num_batched_tokens, config.enable_chunked_prefill, config.enable_prefix_caching,
-            )
-            self.block_manager = self.scheduler.block_manager
-        else:
-            self.block_manager = BlockManager(self.runner.num_blocks, config.block_size,
-                                              config.enable_prefix_caching)
-            self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, self.max_num_batched_tokens,
-                                       config.enable_chunked_prefill)
+        self.scheduler, self.block_manager = self._make_scheduler(sharding)
         self.requests: dict[str, RequestState] = {}
         # False: token ids only, no text and no stop strings (the engine core; its API servers make the text)
         self.detokenize = True
@@ -149,6 +126,20 @@ class LLMEngine:
         self._in_flight: tuple[ScheduledBatch, InFlightStep] | None = None  # launched, not yet read back
         if config.precompile if precompile is None else precompile:
             self.precompile()
+
+    def _make_scheduler(self, sharding: ModelSharding | None) -> tuple[BatchScheduler, BlockPool]:
+        """One scheduler over one block pool, or with dp replicas one of each per replica."""
+        config = self.config
+        if sharding is not None and sharding.dp > 1:
+            replicas = DataParallelScheduler(
+                sharding.dp, self.runner.num_blocks // sharding.dp, config.block_size, config.max_num_seqs,
+                self.max_num_batched_tokens, config.enable_chunked_prefill, config.enable_prefix_caching,
+            )
+            return replicas, replicas.block_manager
+        block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
+        scheduler = Scheduler(block_manager, config.max_num_seqs, self.max_num_batched_tokens,
+                              config.enable_chunked_prefill)
+        return scheduler, block_manager
 
     def precompile(self, on_progress: Callable[[], None] | None = None) -> None:
         """Compiles (or loads from the persistent cache) every step program of the bucket plan;

@@ -11,7 +11,7 @@ for rows whose input token the host has not seen yet (the overlap in llm_engine.
 
 With a ``ModelSharding`` the step is jitted with explicit in/out shardings over its mesh; with
 dp replicas every input is laid out as ``dp`` equal slices, slice ``r`` holding replica
-``r``'s sequences with block ids local to its part of the pool (sharding/data_parallel.py).
+``r``'s sequences with block ids local to its part of the pool (engine/data_parallel.py).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpy as np
 from engine.batch_rows import BatchRows
 from engine.bucket_plan import BucketPlan, ProgramKey, fit
 from engine.compilation import compilation_count
+from engine.data_parallel import DataParallelBatch
 from engine.input_builder import BuiltStep, build_step_input
 from engine.sampler import gated_token_logprobs, pow2_at_least, sample
 from engine.scheduler import ScheduledBatch
@@ -39,7 +40,6 @@ from engine.step_programs import StepPrograms
 from models.config import ModelConfig
 from models.llama import CausalLM
 from models.registry import build_model
-from sharding.data_parallel import DataParallelBatch
 from sharding.multihost import StepChannel
 
 if TYPE_CHECKING:

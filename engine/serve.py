@@ -25,6 +25,7 @@ from engine.args import describe, parse_args
 from engine.core.process import CoreProcess, CoreSpec, CoreStartError
 from engine.core.served_model import ServedModel
 from engine.core.transport import CoreAddresses
+from engine.environment import configure_process
 from engine.launch import build_engine, configure_logging, follow, is_follower, release_followers
 from server.api_server import ApiServerSpec, api_server_main, listening_socket, run_api_server
 from server.app import tessera_version
@@ -118,6 +119,7 @@ def _per_server(max_pending: int, count: int) -> int:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m engine.serve") -> int:
+    configure_process()  # before anything loads transformers or touches a JAX device
     args = parse_args(argv, prog)
     configure_logging()
     try:

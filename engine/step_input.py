@@ -7,7 +7,7 @@ layout on every process); meta fields are static and part of the pytree's struct
 compiles one program per (leaf shapes, meta) and nothing else keys the cache.
 
 Layout: token rows ``[dp * T]`` and sequence rows ``[dp * S]``, replica ``r`` owning the
-``r``-th equal slice of each (sharding/data_parallel.py).
+``r``-th equal slice of each (engine/data_parallel.py).
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 Two sources: an HF model directory (tokenizer files + ``generation_config.json``) or a GGUF
 file, whose metadata carries a byte-level BPE vocabulary, its merges, the pre-tokenizer name,
 token types and the chat template; from those we build an equivalent ``tokenizers.Tokenizer``.
+``load_tokenizer`` is what the model loader calls for either (models/loaders/load.py).
+
+transformers takes a second to import, and reads its verbosity then: it is imported when a
+tokenizer is built, after the process settings are in place (engine/environment.py).
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as RustTokenizer
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from models.loaders.gguf_loader import GGUFModel, TokenizerParts
 
 Message = dict[str, Any]
@@ -49,6 +54,8 @@ class Tokenizer:
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
         """An HF model directory; stop ids are the tokenizer's eos plus generation_config.json's."""
+        from transformers import AutoTokenizer
+
         path = Path(path)
         hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         generation = _read_json(path / "generation_config.json")
@@ -61,6 +68,8 @@ class Tokenizer:
     @classmethod
     def from_gguf(cls, gguf_model: GGUFModel) -> Tokenizer:
         """Builds the tokenizer a GGUF file describes (byte-level BPE, ``tokenizer.ggml.model == "gpt2"``)."""
+        from transformers import PreTrainedTokenizerFast
+
         parts = gguf_model.tokenizer_parts
         backend = _byte_level_bpe(parts, str(gguf_model.path))
 
@@ -124,6 +133,17 @@ class Tokenizer:
             tokenize=False,
             **kwargs,
         )
+
+
+def load_tokenizer(source: Path | GGUFModel) -> Tokenizer:
+    """The tokenizer of an HF model directory or a GGUF file (a path, or the file already read)."""
+    if not isinstance(source, Path):
+        return Tokenizer.from_gguf(source)
+    if source.suffix == ".gguf":
+        from models.loaders.gguf_loader import read_gguf
+
+        return Tokenizer.from_gguf(read_gguf(source))
+    return Tokenizer.from_dir(source)
 
 
 class IncrementalDetokenizer:

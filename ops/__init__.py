@@ -1,5 +1,4 @@
-"""Device operators: paged attention and KV-cache writes."""
+"""Device operators: paged attention and KV-cache writes.
 
-from ops.attention import AttentionMetadata, paged_attention, write_kv
-
-__all__ = ["AttentionMetadata", "paged_attention", "write_kv"]
+Import what you need from its module (``ops.attention``): the package itself loads nothing.
+"""

@@ -26,6 +26,7 @@ from engine.core.client import pid_alive
 from engine.core.process import die_with_parent
 from engine.core.served_model import ServedModel
 from engine.core.transport import CoreAddresses
+from engine.environment import configure_process
 from server.app import build_app
 from server.engine_loop import EngineLoop
 from server.metrics import ServerMetrics
@@ -160,6 +161,7 @@ def run_api_server(spec: ApiServerSpec, sock: socket.socket, core_alive: Callabl
 def api_server_main(spec: ApiServerSpec, core_pid: int, parent_pid: int) -> None:
     """The entry point of API servers 1..N-1 (spawned by ``engine.serve``)."""
     die_with_parent(parent_pid)
+    configure_process()
     if spec.setup_logging is not None:
         spec.setup_logging()
     sock = listening_socket(spec.host, spec.port, reuse_port=True)

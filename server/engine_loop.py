@@ -23,9 +23,9 @@ from engine.core.messages import AbortRequests, AddRequest, CoreStatus, Hello, S
 from engine.core.output_processor import RequestTracker
 from engine.core.served_model import ServedModel
 from engine.core.transport import CoreAddresses
-from engine.llm_engine import EngineStats
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
+from engine.stats import EngineStats
 from server.metrics import ServerMetrics
 from server.stats_log import StatsLogger
 

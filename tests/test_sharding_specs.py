@@ -10,12 +10,12 @@ import jax
 import pytest
 from jax.sharding import AbstractMesh
 
+from engine.data_parallel import DataParallelScheduler
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
+from models.head_layout import pad_heads, plan_head_layout
 from sharding import ModelSharding, ShardingRules, build_mesh, load_rules, parse_mesh_spec
 from sharding.cli import add_sharding_args, init_distributed_from_args, sharding_config
-from sharding.data_parallel import DataParallelScheduler
-from models.head_layout import pad_heads, plan_head_layout
 from sharding.rules import RULE_SETS
 from tests.tiny_models import tiny_config
 

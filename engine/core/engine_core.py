@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from engine.core.messages import (
     AbortRequests,
@@ -31,8 +32,10 @@ from engine.core.messages import (
     WireLogprobs,
 )
 from engine.core.transport import CoreSockets
-from engine.llm_engine import LLMEngine
 from engine.outputs import PositionLogprobs, RequestOutput
+
+if TYPE_CHECKING:
+    from engine.llm_engine import LLMEngine
 
 logger = logging.getLogger(__name__)
 
