@@ -14,6 +14,7 @@ matmul rate in causal attention FLOPs. Writes results.json and a log under --out
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -253,7 +254,7 @@ def run_case(name, kind, q_lens, seq_lens, ceil, smoke, heads=32, kv_heads=8, he
     copy_bw, matmul = ceil
     dtype = jnp.bfloat16
     kv_bytes = sum(seq_lens) * kv_heads * head_dim * 2 * jnp.dtype(dtype).itemsize
-    causal_pairs = sum(sum(s - q + i + 1 for i in range(q)) for q, s in zip(q_lens, seq_lens))
+    causal_pairs = sum(sum(s - q + i + 1 for i in range(q)) for q, s in zip(q_lens, seq_lens, strict=True))
     flops = 4 * heads * head_dim * causal_pairs
     # Enough disjoint input sets to defeat L2 and to keep one dispatch's work well above the
     # host's dispatch time for the small cases.
@@ -284,7 +285,6 @@ def run_case(name, kind, q_lens, seq_lens, ceil, smoke, heads=32, kv_heads=8, he
         row[key.replace("_s", "_bw_frac")] = kv_bytes / t / copy_bw
         row[key.replace("_s", "_flop_frac")] = flops / t / matmul
     RESULTS["cases"][name] = row
-    del shared, sets
     return row
 
 
@@ -339,13 +339,11 @@ def main() -> None:
     args = parser.parse_args()
     device = jax.devices()[0]
     RESULTS.update(device=device.device_kind, jax=jax.__version__, commit=args.commit,
-                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+                   date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
     log(f"device {device.device_kind}, jax {jax.__version__}, commit {args.commit}, {RESULTS['date']}")
-    try:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):  # no nvidia-smi: no clock report
         log(subprocess.run(["nvidia-smi", "--query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw",
                             "--format=csv"], capture_output=True, text=True, timeout=20).stdout)
-    except (OSError, subprocess.SubprocessError):
-        pass
     if not args.skip_correctness:
         correctness_pass()
         pool_copy_check()

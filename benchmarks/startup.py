@@ -24,7 +24,6 @@ import time
 import httpx
 
 
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

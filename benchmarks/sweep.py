@@ -133,7 +133,8 @@ def sweep(args: argparse.Namespace, model_dir: str) -> list[dict[str, Any]]:
 def _format_row(row: dict[str, Any]) -> str:
     if row["error"]:
         return f"{row['mesh']:>12} {row['rules']:>18} {row['backend']:>10}  skipped: {row['error']}"
-    return (f"{row['mesh']:>12} {row['rules']:>18} {row['backend']:>10} {row['devices']:>3} dev  {row['output_tokens_per_s']:10.1f} out tok/s"
+    return (f"{row['mesh']:>12} {row['rules']:>18} {row['backend']:>10} {row['devices']:>3} dev"
+            f"  {row['output_tokens_per_s']:10.1f} out tok/s"
             f"  {row['total_tokens_per_s']:10.1f} tok/s  {row['ms_per_step']:8.2f} ms/step"
             f"  batch-1 {row['batch1_ms_per_token']:8.2f} ms/token")
 

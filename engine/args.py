@@ -121,8 +121,7 @@ def build_parser(prog: str = "python -m engine.serve") -> argparse.ArgumentParse
 
     compile_group = parser.add_argument_group("compilation")
     compile_group.add_argument("--compilation-cache-dir", default=default_cache_dir(), metavar="DIR",
-                               help="JAX persistent compilation cache (default: $%s or %%(default)s)"
-                                    % CACHE_DIR_ENV)
+                               help=f"JAX persistent compilation cache (default: ${CACHE_DIR_ENV} or %(default)s)")
     compile_group.add_argument("--no-compilation-cache", dest="compilation_cache_dir", action="store_const",
                                const=None, help="compile every program from scratch, store nothing")
     compile_group.add_argument("--compile-workers", type=int, metavar="N",

@@ -44,7 +44,7 @@ class BatchRows:
                 slots[i] = self._add(seqs[i])
             except (OverflowError, ValueError, TypeError) as err:
                 failed.append((seqs[i], err))
-        for seq, slot in zip(seqs, slots):
+        for seq, slot in zip(seqs, slots, strict=True):
             if slot >= 0 and seq.table_dirty_from < len(seq.block_table):
                 self._copy_table(seq, int(slot))
         return slots, failed

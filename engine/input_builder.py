@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -167,8 +167,8 @@ def _sampling_tensors(seqs: list[Sequence], taking: np.ndarray, rows: np.ndarray
     seeded sampling draws the same numbers with the overlap on or off; its id in the penalty
     history is filled in on the device (``PENDING_TOKEN``).
     """
-    side = [seqs[i] for i, slot in zip(taking, slots) if store.has_side_inputs[slot]]
-    side_rows = [int(r) for r, slot in zip(rows, slots) if store.has_side_inputs[slot]]
+    side = [seqs[i] for i, slot in zip(taking, slots, strict=True) if store.has_side_inputs[slot]]
+    side_rows = [int(r) for r, slot in zip(rows, slots, strict=True) if store.has_side_inputs[slot]]
     bias_width, history_width = _side_widths(side, eos_ids)
     t = empty_sampling(s_pad, bias_width, history_width)
     for column, name in enumerate(FLOAT_SETTINGS):
@@ -176,7 +176,7 @@ def _sampling_tensors(seqs: list[Sequence], taking: np.ndarray, rows: np.ndarray
     t.top_k[rows] = store.top_k[slots]
     t.seeds[rows] = store.seeds[slots]
     t.counters[rows] = [seqs[i].num_output_tokens for i in taking]
-    for seq, row in zip(side, side_rows):
+    for seq, row in zip(side, side_rows, strict=True):
         _fill_side_inputs(t, row, seq, eos_ids)
     return t
 

@@ -42,13 +42,13 @@ class LLM:
         prompt_list = _as_prompt_list(prompts)
         params = _broadcast_params(sampling_params, len(prompt_list))
         encoded = []
-        for prompt, p in zip(prompt_list, params):  # validate everything before queueing anything
+        for prompt, p in zip(prompt_list, params, strict=True):  # validate everything before queueing anything
             p.validate()
             text, ids = self.engine.encode_prompt(_prompt_value(prompt))
             self.engine.check_length(len(ids), p)
             encoded.append(ids if text is None else text)
         ids = [str(next(self._counter)) for _ in encoded]
-        for request_id, prompt, p in zip(ids, encoded, params):
+        for request_id, prompt, p in zip(ids, encoded, params, strict=True):
             self.engine.add_request(request_id, prompt, p)
         return self._run(ids, use_tqdm)
 

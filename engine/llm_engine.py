@@ -254,7 +254,7 @@ class LLMEngine:
             outputs.extend(self._fail_request(seq.request_id, error))
         if in_flight is None:
             return None
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
             self.prompt_tokens_total += max(0, min(n, seq.num_prompt_tokens - seq.num_computed_tokens))
         return batch, in_flight
 
@@ -279,7 +279,7 @@ class LLMEngine:
         batch, in_flight = launched
         self.scheduler.complete(batch)
         built = in_flight.built
-        for seq, takes, row in zip(batch.seqs, built.samples, built.token_rows):
+        for seq, takes, row in zip(batch.seqs, built.samples, built.token_rows, strict=True):
             if takes and not seq.is_finished:
                 seq.mark_pending(int(row))
 
@@ -331,7 +331,7 @@ class LLMEngine:
         ids = [token, *(int(t) for t in top_ids[:k])]
         texts = self.tokenizer.decode_each(ids) if self.tokenizer is not None and self.detokenize else [None] * len(ids)
         entry: PositionLogprobs = {token: Logprob(float(logprob), int(rank), texts[0])}
-        for r, (value, tid, text) in enumerate(zip(top_values[:k], ids[1:], texts[1:]), start=1):
+        for r, (value, tid, text) in enumerate(zip(top_values[:k], ids[1:], texts[1:], strict=True), start=1):
             entry.setdefault(tid, Logprob(float(value), r, text))
         return entry
 
@@ -348,7 +348,7 @@ class LLMEngine:
 
     def _request_output(self, state: RequestState) -> RequestOutput:
         outputs = []
-        for seq, checker in zip(state.seqs, state.checkers):
+        for seq, checker in zip(state.seqs, state.checkers, strict=True):
             outputs.append(CompletionOutput(
                 index=seq.index, text=checker.visible_text(seq.is_finished), token_ids=seq.output_token_ids,
                 cumulative_logprob=seq.cumulative_logprob if seq.params.logprobs is not None else None,

@@ -223,7 +223,7 @@ class ModelRunner:
         tokens, logprobs = sample(logits, sampling, inputs.mode)
         out = {"tokens": tokens}
         if logprobs is not None:
-            out.update(zip(("logprob", "rank", "top_logprobs", "top_ids"), logprobs))
+            out.update(zip(("logprob", "rank", "top_logprobs", "top_ids"), logprobs, strict=True))
         if inputs.prompt_k is not None:
             def all_logits() -> jax.Array:
                 return self.model.apply(variables, hidden, method=CausalLM.logits)

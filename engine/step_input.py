@@ -66,7 +66,8 @@ jax.tree_util.register_dataclass(StepInput, data_fields=list(DATA_FIELDS), meta_
 
 def empty_sampling(rows: int, bias_width: int = 0, history_width: int = 0) -> SamplingTensors:
     """Sampler settings of ``rows`` padding rows (greedy, no bias, no history)."""
-    columns = {name: np.full(rows, value, dtype) for (name, dtype), value in zip(_SETTING_COLUMNS, SAMPLING_PADDING)}
+    columns = {name: np.full(rows, value, dtype)
+               for (name, dtype), value in zip(_SETTING_COLUMNS, SAMPLING_PADDING, strict=True)}
     return SamplingTensors(
         **columns, bias_ids=np.full((rows, bias_width), -1, np.int32),
         bias_values=np.zeros((rows, bias_width), np.float32),

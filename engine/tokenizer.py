@@ -224,7 +224,7 @@ def _byte_level_bpe(parts: TokenizerParts, source: str) -> RustTokenizer:
         tk.normalizer = normalizers.NFC()
     tk.pre_tokenizer = _pre_tokenizer(parts.pre, source)
     tk.decoder = decoders.ByteLevel()
-    typed = list(zip(parts.tokens, types))
+    typed = list(zip(parts.tokens, types, strict=True))
     tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, k in typed if k == _CONTROL])
     tk.add_tokens([AddedToken(t, special=False, normalized=False) for t, k in typed if k == _USER_DEFINED])
     template = _special_template(parts)

@@ -110,7 +110,8 @@ def padded_shape(path: tuple[str, ...], shape: tuple[int, ...], layout: HeadLayo
     return tuple(out)
 
 
-def head_gather_index(path: tuple[str, ...], shape: tuple[int, ...], layout: HeadLayout) -> tuple[int, np.ndarray] | None:
+def head_gather_index(path: tuple[str, ...], shape: tuple[int, ...], layout: HeadLayout
+                      ) -> tuple[int, np.ndarray] | None:
     """(axis, index) such that taking ``index`` along ``axis`` of ``concat(param, zeros)`` pads it.
 
     Index ``shape[axis]`` points at the appended zero slice. None for parameters without heads.

@@ -159,8 +159,5 @@ class CausalLM(nn.Module):
         return self.logits(hidden)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
-        if self.config.tie_word_embeddings:
-            out = self.embed_tokens.attend(hidden)
-        else:
-            out = self.lm_head(hidden)
+        out = self.embed_tokens.attend(hidden) if self.config.tie_word_embeddings else self.lm_head(hidden)
         return out.astype(jnp.float32)

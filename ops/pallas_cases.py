@@ -53,7 +53,7 @@ def make_case(
     a random order; ``pad_tokens`` padded tokens follow the real ones.
     """
     assert len(q_lens) == len(seq_lens)
-    assert all(0 <= q <= s for q, s in zip(q_lens, seq_lens))
+    assert all(0 <= q <= s for q, s in zip(q_lens, seq_lens, strict=True))
     rng = np.random.default_rng(seed)
     need = [-(-s // block_size) for s in seq_lens]
     width = max(max(need), 1) + extra_table_width
@@ -87,7 +87,7 @@ def make_case(
     k_new = np.zeros((num_tokens, num_kv_heads, head_dim), np.float32)
     v_new = np.zeros_like(k_new)
     t = 0
-    for i, (ql, s) in enumerate(zip(q_lens, seq_lens)):
+    for i, (ql, s) in enumerate(zip(q_lens, seq_lens, strict=True)):
         for j in range(ql):
             pos = s - ql + j
             blk, off = table[i, pos // block_size], pos % block_size

@@ -19,7 +19,6 @@ flash-decoding splits and megacore partitioning of the grid are left for when on
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +28,6 @@ from jax.experimental.pallas import tpu as pltpu
 from ops import pallas_common as pc
 from ops.attention import AttentionMetadata
 
-LOG2E = math.log2(math.e)
 TARGET_ROWS = 128  # MXU rows of a prefill tile
 PAGES_PER_CHUNK = 8
 
@@ -67,7 +65,7 @@ def _kernel(
             c.start()
 
     def step(chunk, carry):
-        acc, m, l = carry
+        acc, m, row_sum = carry
         slot = (chunk - lo) % 2
         for c in copies(chunk, slot):
             c.wait()
@@ -80,33 +78,27 @@ def _kernel(
         k = k_buf[slot].reshape(chunk_keys, num_kv_heads, head_dim)
         v = v_buf[slot].reshape(chunk_keys, num_kv_heads, head_dim)
         kpos = chunk * chunk_keys + jax.lax.broadcasted_iota(jnp.int32, (rows, chunk_keys), 1)
-        seen = (kpos <= q_pos) & (kpos < kv_end)
-        if sliding_window is not None:
-            seen &= kpos > q_pos - sliding_window
+        seen = pc.visible_keys(kpos, q_pos, kv_end, sliding_window)
         # Slots past the context may hold anything (NaN included): zero their V so that
         # 0-probability x garbage cannot poison the sum.
         key_ok = (kpos[:1, :] < kv_end).reshape(chunk_keys, 1, 1)
         v = jnp.where(key_ok, v, jnp.zeros((), v.dtype))
-        s = jnp.einsum("hrd,nhd->hrn", q, k, preferred_element_type=jnp.float32)
-        if soft_cap is None:
-            s = s * (scale * LOG2E)
-        else:
-            s = jnp.tanh(s * (scale / soft_cap)) * (soft_cap * LOG2E)
+        s = pc.log2_scores(jnp.einsum("hrd,nhd->hrn", q, k, preferred_element_type=jnp.float32), scale, soft_cap)
         s = jnp.where(seen[None], s, pc.MASKED)
         m_new = jnp.maximum(m, jnp.max(s, axis=-1, keepdims=True))
         alpha = jnp.exp2(m - m_new)
         p = jnp.exp2(s - m_new)
-        l = l * alpha + jnp.sum(p, axis=-1, keepdims=True)
+        row_sum = row_sum * alpha + jnp.sum(p, axis=-1, keepdims=True)
         pv = jnp.einsum("hrn,nhd->hrd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-        return acc * alpha + pv, m_new, l
+        return acc * alpha + pv, m_new, row_sum
 
     carry = (
         jnp.zeros((num_kv_heads, rows, head_dim), jnp.float32),
         jnp.full((num_kv_heads, rows, 1), pc.MASKED, jnp.float32),
         jnp.zeros((num_kv_heads, rows, 1), jnp.float32),
     )
-    acc, _, l = jax.lax.fori_loop(lo, hi, step, carry)
-    o_ref[...] = (acc / jnp.where(l > 0, l, 1.0)).astype(o_ref.dtype)
+    acc, _, row_sum = jax.lax.fori_loop(lo, hi, step, carry)
+    o_ref[...] = (acc / jnp.where(row_sum > 0, row_sum, 1.0)).astype(o_ref.dtype)
 
 
 def pallas_tpu_paged_attention(

@@ -57,7 +57,8 @@ def main() -> None:
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
                         SamplingParams(temperature=0, max_tokens=args.new_tokens, ignore_eos=True), use_tqdm=False)
     got = [o.outputs[0].token_ids for o in outs]
-    matching = [next((i for i, (a, b) in enumerate(zip(g, e)) if a != b), len(e)) for g, e in zip(got, expected)]
+    matching = [next((i for i, (a, b) in enumerate(zip(g, e, strict=False)) if a != b), len(e))  # up to the shorter
+                for g, e in zip(got, expected, strict=True)]
     result = {"backend": default_backend(), "device": str(jax.devices()[0].device_kind),
               "prompt_lens": [len(p) for p in prompts], "tokens_matching_before_first_difference": matching,
               "all_equal": got == expected}

@@ -171,7 +171,7 @@ def make_smollm2(out: Path) -> None:
     encodings = [
         {"text": text, "ids": tok.encode(text), "tokens": tok.convert_ids_to_tokens(tok.encode(text)),
          "hf_gguf_ids": gguf_ids}
-        for text, gguf_ids in zip(TOKENIZER_TEXTS, hf_gguf_ids)
+        for text, gguf_ids in zip(TOKENIZER_TEXTS, hf_gguf_ids, strict=True)
     ]
     chats = [
         {**conv, "rendered": tok.apply_chat_template(

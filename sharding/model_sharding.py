@@ -84,12 +84,12 @@ class ModelSharding:
         """
         rules = self.rules
         q_entry, kv_entry = rules.q_heads, rules.kv_heads
-        if self.axis_size(q_entry) > 1 or self.axis_size(kv_entry) > 1:
-            if q_entry != kv_entry or not isinstance(q_entry, str):
-                raise ValueError(
-                    f"rules {self.rules_name!r} map q_heads -> {q_entry!r} and kv_heads -> {kv_entry!r}: "
-                    "split heads need both on the same single mesh axis (attention runs per head shard)"
-                )
+        heads_split = self.axis_size(q_entry) > 1 or self.axis_size(kv_entry) > 1
+        if heads_split and (q_entry != kv_entry or not isinstance(q_entry, str)):
+            raise ValueError(
+                f"rules {self.rules_name!r} map q_heads -> {q_entry!r} and kv_heads -> {kv_entry!r}: "
+                "split heads need both on the same single mesh axis (attention runs per head shard)"
+            )
         dims = {"vocab": config.vocab_size, "embed": config.hidden_size, "mlp": config.intermediate_size}
         for axis, size in dims.items():
             entry = getattr(rules, axis)
@@ -137,7 +137,7 @@ class ModelSharding:
             raise ValueError(f"parameter {name} has shape {shape} but logical axes {logical}")
         spec = list(self.rules.spec(logical))
         final = self.head_layout is not None and padded_shape(path, shape, self.head_layout) == tuple(shape)
-        for dim, (size, entry) in enumerate(zip(shape, spec)):
+        for dim, (size, entry) in enumerate(zip(shape, spec, strict=True)):
             shards = self.axis_size(entry)
             if size % shards == 0:
                 continue

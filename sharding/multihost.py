@@ -107,10 +107,11 @@ class StepChannel[StepT: StepPayload]:
             return Copies([(int(src), int(dst)) for src, dst in pairs])
         dims = iter(int(d) for d in header[_HEADER:])
         zeros = [np.zeros(int(header[1]), np.uint8)]
-        zeros += [np.zeros(tuple(next(dims) for _ in range(rank)), dtype) for rank, dtype in zip(self._ranks, self._dtypes)]
+        zeros += [np.zeros(tuple(next(dims) for _ in range(rank)), dtype)
+                  for rank, dtype in zip(self._ranks, self._dtypes, strict=True)]
         # the broadcast sums over processes, which widens bools and small ints: cast back
         meta, *leaves = [np.asarray(x).astype(z.dtype) for x, z in
-                         zip(multihost_utils.broadcast_one_to_all(zeros), zeros)]
+                         zip(multihost_utils.broadcast_one_to_all(zeros), zeros, strict=True)]
         inputs: StepT = jax.tree.unflatten(self._treedef, leaves)
         return inputs.replace(**pickle.loads(meta.tobytes()))
 

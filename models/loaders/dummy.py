@@ -16,7 +16,7 @@ from models.weights import ParamPath, param_shapes
 ShardingFor = Callable[[ParamPath, tuple[int, ...]], Any]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _generator(shape: tuple[int, ...], dtype: Any, norm: bool, sharding: Any) -> Callable[[jax.Array], jax.Array]:
     """One compiled generator per distinct (shape, kind, placement): layers share them."""
 
