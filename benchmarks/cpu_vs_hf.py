@@ -49,21 +49,23 @@ class PeerWorker:
     def __init__(self, python: str, threads: int | None) -> None:
         cmd = [python, str(PEER_SCRIPT), "--worker"] + ([f"--threads={threads}"] if threads else [])
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # the PIPEs above
+        self._to_peer, self._from_peer = self.proc.stdin, self.proc.stdout
         self._read()
 
     def _read(self) -> dict:
-        line = self.proc.stdout.readline()
+        line = self._from_peer.readline()
         if not line:
             raise RuntimeError(f"the HF peer exited (code {self.proc.wait()}); see its stderr above")
         return json.loads(line)
 
     def run(self, scenario: str, seed: int, output_len: int | None = None) -> dict[str, float]:
-        self.proc.stdin.write(json.dumps({"scenario": scenario, "seed": seed, "output_len": output_len}) + "\n")
-        self.proc.stdin.flush()
+        self._to_peer.write(json.dumps({"scenario": scenario, "seed": seed, "output_len": output_len}) + "\n")
+        self._to_peer.flush()
         return self._read()
 
     def close(self) -> None:
-        self.proc.stdin.close()
+        self._to_peer.close()
         self.proc.wait()
 
 

@@ -12,6 +12,7 @@ import argparse
 import json
 import statistics
 import time
+from typing import Any
 
 import jax
 import numpy as np
@@ -66,7 +67,7 @@ def main() -> None:
     prefix = [int(t) for t in rng.integers(100, 30000, size=args.prefix_len)]
     prompts = [prefix + [int(t) for t in rng.integers(100, 30000, size=args.question_len)]
                for _ in range(args.num_requests + 1)]
-    results = {}
+    results: dict[str, Any] = {}
     for caching in (True, False):
         engine = LLMEngine(EngineConfig(
             model=args.model, load_format=args.load_format, dtype=args.dtype, max_num_seqs=args.max_num_seqs,

@@ -281,17 +281,17 @@ async def benchmark(base_url: str, args: argparse.Namespace, served: Any) -> dic
             return str(client.post("/detokenize", json={"tokens": ids}).json()["prompt"])
 
         jobs = make_jobs(args, vocab, decode if has_tokenizer else None, card.get("max_model_len"))
-    async with httpx.AsyncClient(base_url=base_url) as client:
+    async with httpx.AsyncClient(base_url=base_url) as metrics:
         for i in range(args.warmup_passes):
-            compiled_before = await compilations(client)
+            compiled_before = await compilations(metrics)
             print(f"warm-up pass {i + 1} of at most {args.warmup_passes} ({len(jobs)} requests, unmeasured)...",
                   flush=True)
             await run_pass(base_url, args, model, jobs)
-            if compiled_before is not None and await compilations(client) == compiled_before:
+            if compiled_before is not None and await compilations(metrics) == compiled_before:
                 break  # this pass compiled nothing new: the measured one should not either
-        compiled_before = await compilations(client)
+        compiled_before = await compilations(metrics)
         results, duration = await run_pass(base_url, args, model, jobs)
-        compiled_after = await compilations(client)
+        compiled_after = await compilations(metrics)
     figures = summarize(results, duration)
     figures["model"] = model
     if compiled_before is not None and compiled_after is not None:

@@ -36,6 +36,7 @@ def time_to_ready(server_args: list[str], cache_dir: str, timeout_s: float) -> d
                "--compilation-cache-dir", cache_dir, "--disable-log-requests", "--disable-log-stats"]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None  # PIPE
     try:
         warming_seen = ""
         while time.perf_counter() - started < timeout_s:

@@ -28,7 +28,6 @@ import itertools
 import json
 import math
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -215,4 +214,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import cast
 
 import jax
 import numpy as np
@@ -71,7 +72,7 @@ def make_workload(args: argparse.Namespace, vocab: int, max_model_len: int, rng:
             "--bench-seed", str(int(rng.integers(2**31))),
         ])
         jobs = serve.make_jobs(serve_args, vocab, None, max_model_len)
-        return [(list(job.prompt), job.output_len) for job in jobs]
+        return [(list(cast(list[int], job.prompt)), job.output_len) for job in jobs]  # no decode: token ids
     return [([int(t) for t in rng.integers(100, min(vocab, 30000), size=args.input_len)], args.output_len)
             for _ in range(args.num_prompts)]
 

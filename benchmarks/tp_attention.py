@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> dict:
           f"{kv_bytes_per_gpu / 2**20:.1f} MiB")
     for backend in args.backends:
         def step(pools, inputs, backend=backend):
-            q, md = inputs
-            out, _, _ = head_sharded_write_and_attend(q, new_kv, new_kv, *pools, md, heads, scale=args.head_dim**-0.5,
-                                                      backend=backend)
+            (q, md), (k_pool, v_pool) = inputs, pools
+            out, _, _ = head_sharded_write_and_attend(q, new_kv, new_kv, k_pool, v_pool, md, heads,
+                                                      scale=args.head_dim**-0.5, backend=backend)
             return out
 
         seconds = measure(step, shared, sets)

@@ -38,7 +38,7 @@ class BatchRows:
         if len(self._free) < len(seqs):
             self._forget_all_but(seqs)
         slots = np.fromiter((self._slot_of.get(s.seq_id, -1) for s in seqs), np.int64, len(seqs))
-        failed = []
+        failed: list[tuple[Sequence, Exception]] = []
         for i in np.flatnonzero(slots < 0):
             try:
                 slots[i] = self._add(seqs[i])

@@ -187,7 +187,7 @@ def _side_widths(seqs: list[Sequence], eos_ids: frozenset[int]) -> tuple[int, in
         p = seq.params
         n = len(p.logit_bias or {})
         if seq.num_output_tokens < p.min_tokens:
-            n += len(eos_ids) + len(p.stop_token_ids)
+            n += len(eos_ids) + len(p.stop_token_ids or ())
         bias = max(bias, n)
         if p.uses_penalties:
             history = max(history, seq.num_tokens)
@@ -200,7 +200,7 @@ def _fill_side_inputs(t: SamplingTensors, row: int, seq: Sequence, eos_ids: froz
     if p.logit_bias or generated < p.min_tokens:
         entries = list((p.logit_bias or {}).items())
         if generated < p.min_tokens:
-            entries += [(tok, -math.inf) for tok in (*eos_ids, *p.stop_token_ids)]
+            entries += [(tok, -math.inf) for tok in (*eos_ids, *(p.stop_token_ids or ()))]
         for j, (tok, value) in enumerate(entries):
             t.bias_ids[row, j], t.bias_values[row, j] = tok, value
     if p.uses_penalties and t.history.shape[1]:

@@ -19,7 +19,7 @@ from engine.compilation import compilation_count, enable_persistent_cache, insta
 from engine.config import EngineConfig
 from engine.data_parallel import DataParallelScheduler
 from engine.environment import configure_process
-from engine.model_runner import InFlightStep, ModelRunner, StepOutput
+from engine.model_runner import InFlightStep, ModelRunner, PromptLogprobs, StepOutput
 from engine.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledBatch, Scheduler
@@ -64,10 +64,10 @@ class LLMEngine:
         install_counter()
         enable_persistent_cache(config.compilation_cache_dir)
         self.config = config
-        if sharding is None and config.mesh_spec():
+        if sharding is None and (mesh_spec := config.mesh_spec()):
             from sharding.model_sharding import ModelSharding
 
-            sharding = ModelSharding.from_spec(config.mesh_spec(), config.sharding_rules)
+            sharding = ModelSharding.from_spec(mesh_spec, config.sharding_rules)
         self.sharding = sharding
         if loaded is None:
             loaded = load_model(
@@ -313,11 +313,11 @@ class LLMEngine:
         self.generation_tokens_total += 1
         if seq.first_token_time is None:
             seq.first_token_time = time.monotonic()
-        if out.logprob is not None and seq.params.logprobs is not None:
-            seq.cumulative_logprob += float(out.logprob[row])
+        if out.logprobs is not None and seq.params.logprobs is not None:
+            lp = out.logprobs
+            seq.cumulative_logprob += float(lp.logprob[row])
             seq.logprobs.append(self._position_logprobs(
-                token, out.logprob[row], out.rank[row], out.top_logprobs[row], out.top_ids[row],
-                seq.params.logprobs))
+                token, lp.logprob[row], lp.rank[row], lp.top_logprobs[row], lp.top_ids[row], seq.params.logprobs))
         checker = state.checkers[seq.index]
         reason = checker.on_token(seq, token)
         if reason is not None:
@@ -335,7 +335,7 @@ class LLMEngine:
             entry.setdefault(tid, Logprob(float(value), r, text))
         return entry
 
-    def _record_prompt_logprobs(self, seq: Sequence, data: tuple[Any, ...]) -> None:
+    def _record_prompt_logprobs(self, seq: Sequence, data: PromptLogprobs) -> None:
         start, lps, ranks, top_values, top_ids = data
         if not seq.prompt_logprobs:
             seq.prompt_logprobs.append(None)  # the first prompt token has no logprob

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as RustTokenizer
@@ -101,9 +101,8 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         # No clean-up of spaces: it is not concatenative, so incremental output would drift.
-        return self.hf.decode(
-            list(ids), skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False
-        )
+        text = self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False)
+        return cast(str, text)  # one list of ids: one string
 
     def decode_each(self, ids: Sequence[int]) -> list[str]:
         """Each id's own text (special tokens included), in one call: logprob alternatives."""
@@ -126,13 +125,14 @@ class Tokenizer:
         """Renders a conversation to prompt text (encode it with ``add_special_tokens=False``)."""
         if chat_template is None and not self.hf.chat_template:
             raise ValueError("this tokenizer has no chat template; pass chat_template=")
-        return self.hf.apply_chat_template(
+        text = self.hf.apply_chat_template(
             list(messages),
             add_generation_prompt=add_generation_prompt,
             chat_template=chat_template,
             tokenize=False,
             **kwargs,
         )
+        return cast(str, text)  # one conversation, tokenize=False: one string
 
 
 def load_tokenizer(source: Path | GGUFModel) -> Tokenizer:
@@ -216,7 +216,7 @@ def _byte_level_bpe(parts: TokenizerParts, source: str) -> RustTokenizer:
         (tok if kind in added else _byte_level_spelling(tok)): i
         for i, (tok, kind) in enumerate(zip(parts.tokens, types, strict=True))
     }
-    merges = [tuple(m.split(" ", 1)) for m in parts.merges]
+    merges = cast(list[tuple[str, str]], [tuple(m.split(" ", 1)) for m in parts.merges])  # "left right" lines
     tk = RustTokenizer(
         models.BPE(vocab=vocab, merges=merges, ignore_merges=parts.pre == "llama-bpe")
     )

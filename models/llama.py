@@ -21,7 +21,7 @@ KVCache = tuple[jax.Array, jax.Array]
 
 # Logical axes of every parameter, by the last two path components (module, leaf).
 # sharding/ maps these names onto mesh axes; the model never names a mesh axis.
-PARAM_LOGICAL_AXES: dict[tuple[str, str], tuple[str | None, ...]] = {
+PARAM_LOGICAL_AXES: dict[tuple[str, ...], tuple[str | None, ...]] = {
     ("embed_tokens", "embedding"): ("vocab", "embed"),
     ("q_proj", "kernel"): ("embed", "q_heads"),
     ("q_proj", "bias"): ("q_heads",),

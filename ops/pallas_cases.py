@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +42,7 @@ def make_case(
     num_kv_heads: int,
     head_dim: int,
     block_size: int,
-    dtype=jnp.float32,
+    dtype: Any = jnp.float32,
     pad_tokens: int = 0,
     spare_blocks: int = 3,
     extra_table_width: int = 1,
@@ -112,7 +113,7 @@ def make_case(
     )
 
 
-def relative_error(out: jax.Array, ref: jax.Array) -> float:
+def relative_error(out: jax.typing.ArrayLike, ref: jax.typing.ArrayLike) -> float:
     out64 = np.asarray(out, np.float64)
     ref64 = np.asarray(ref, np.float64)
     return float(np.linalg.norm(out64 - ref64) / max(np.linalg.norm(ref64), 1e-30))

@@ -119,7 +119,7 @@ def kv_chunk_bounds(
     return lo, jnp.clip(free_lo, lo, hi), jnp.clip(free_hi, lo, hi), hi
 
 
-def split_range(lo: jax.Array, hi: jax.Array, split: jax.Array, num_splits: int):
+def split_range(lo: jax.Array, hi: jax.Array, split: jax.Array, num_splits: int) -> tuple[jax.Array, jax.Array]:
     """This split's even share ``[a, b)`` of the chunk range ``[lo, hi)``."""
     if num_splits == 1:
         return lo, hi

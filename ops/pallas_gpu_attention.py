@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -73,12 +74,13 @@ def supported(q: jax.Array, k_cache: jax.Array) -> bool:
 
 
 def _kernel(
-    tiles_ref, bt_ref, q_ref, k_ref, v_ref, o_ref, *stat_refs,
+    tiles_ref: Any, bt_ref: Any, q_ref: Any, k_ref: Any, v_ref: Any, o_ref: Any, *stat_refs: Any,
     rows: int, small_rows: int, group: int, num_heads: int, block_q: int, block_k: int,
     small_block_k: int, block_size: int, bt_width: int, num_splits: int, rows_total: int,
     head_dim: int, scale: float,
     soft_cap: float | None, sliding_window: int | None,
-):
+) -> None:
+    """One query tile for one kv head (and one key split); the refs are Pallas memory references."""
     # Tiles run last-first: a sequence's later tiles see more keys, so under causal masking
     # the longest programs start first and the short ones fill the tail.
     tile = pl.num_programs(0) - 1 - pl.program_id(0)
@@ -99,7 +101,8 @@ def _kernel(
         q = plgpu.load(q_ref.at[qrow[:, None], col], mask=row_ok[:, None], other=0)
         q_pos = first_pos + tok
 
-        def step(c, carry, masked: bool):
+        def step(c: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array],
+                 masked: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
             acc, m, row_sum = carry
             kpos = c * block_k + jax.lax.broadcasted_iota(jnp.int32, (block_k,), 0)
             blk = bt_ref[seq * bt_width + kpos // block_size]

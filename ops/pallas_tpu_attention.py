@@ -19,6 +19,7 @@ flash-decoding splits and megacore partitioning of the grid are left for when on
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,10 +34,12 @@ PAGES_PER_CHUNK = 8
 
 
 def _kernel(
-    tiles_ref, bt_ref, q_ref, k_hbm, v_hbm, o_ref, k_buf, v_buf, sems,
+    tiles_ref: Any, bt_ref: Any, q_ref: Any, k_hbm: Any, v_hbm: Any, o_ref: Any, k_buf: Any, v_buf: Any, sems: Any,
     group: int, pages: int, block_size: int, bt_width: int, scale: float,
     soft_cap: float | None, sliding_window: int | None,
-):
+) -> None:
+    """One query tile of one sequence; the refs are Pallas memory references (SMEM tables, VMEM
+    blocks and buffers, HBM pools, DMA semaphores)."""
     tile = pl.program_id(0)
     seq = tiles_ref[tile * pc.TILE_FIELDS + pc.TILE_SEQ]
     count = tiles_ref[tile * pc.TILE_FIELDS + pc.TILE_COUNT]
@@ -45,7 +48,7 @@ def _kernel(
     chunk_keys = pages * block_size
     num_kv_heads, rows, head_dim = q_ref.shape
 
-    def copies(chunk, slot):
+    def copies(chunk: jax.Array | int, slot: jax.Array | int) -> list[Any]:
         out = []
         for i in range(pages):
             # Entries past the sequence's last block are unspecified: keep the DMA in bounds.
@@ -60,18 +63,19 @@ def _kernel(
     q_pos = first_pos + tok
 
     @pl.when(lo < hi)
-    def _():
+    def _start_first_chunk() -> None:
         for c in copies(lo, 0):
             c.start()
 
-    def step(chunk, carry):
+    def step(chunk: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]
+             ) -> tuple[jax.Array, jax.Array, jax.Array]:
         acc, m, row_sum = carry
         slot = (chunk - lo) % 2
         for c in copies(chunk, slot):
             c.wait()
 
         @pl.when(chunk + 1 < hi)
-        def _():
+        def _prefetch_next_chunk() -> None:
             for c in copies(chunk + 1, 1 - slot):
                 c.start()
 

@@ -145,7 +145,9 @@ def run_api_server(spec: ApiServerSpec, sock: socket.socket, core_alive: Callabl
     config = uvicorn.Config(under_root_path(build_app(engine_loop, spec.settings), root), log_config=None,
                             log_level=spec.uvicorn_log_level, root_path=root, ssl_keyfile=spec.ssl_keyfile,
                             ssl_certfile=spec.ssl_certfile, ssl_ca_certs=spec.ssl_ca_certs,
-                            timeout_graceful_shutdown=spec.graceful_shutdown_timeout + STREAM_CLOSE_MARGIN_S)
+                            # uvicorn annotates int but waits with asyncio: fractions of a second work
+                            timeout_graceful_shutdown=spec.graceful_shutdown_timeout + STREAM_CLOSE_MARGIN_S,  # type: ignore[arg-type]
+                            )
     server = _Server(config, spec.graceful_shutdown_timeout, lambda: engine_loop.end_all(SHUTDOWN_MESSAGE))
     server.on_signal = on_signal
     if spec.index > 0:

@@ -32,7 +32,8 @@ class BackgroundServer:
                  graceful_shutdown_s: float = 5.0) -> None:
         self.host = host
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level, log_config=None,
-                                timeout_graceful_shutdown=graceful_shutdown_s)
+                                # uvicorn annotates int but waits with asyncio: fractions of a second work
+                                timeout_graceful_shutdown=graceful_shutdown_s)  # type: ignore[arg-type]
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
 

@@ -14,12 +14,12 @@ import json
 import struct
 import sys
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 _HEADER = struct.Struct("!I")
 
 
-def read_frame(stream: BinaryIO) -> Any | None:
+def read_frame(stream: IO[bytes]) -> Any | None:
     header = stream.read(_HEADER.size)
     if len(header) < _HEADER.size:
         return None
@@ -27,13 +27,13 @@ def read_frame(stream: BinaryIO) -> Any | None:
     return json.loads(stream.read(size))
 
 
-def write_frame(stream: BinaryIO, payload: Any) -> None:
+def write_frame(stream: IO[bytes], payload: Any) -> None:
     data = json.dumps(payload).encode()
     stream.write(_HEADER.pack(len(data)) + data)
     stream.flush()
 
 
-def render(job: dict[str, Any], render_jinja_template: Callable[..., tuple[list[str], Any]]) -> dict[str, Any]:
+def render(job: dict[str, Any], render_jinja_template: Callable[..., Any]) -> dict[str, Any]:
     try:
         rendered, _ = render_jinja_template(
             conversations=[job["messages"]], tools=job.get("tools"), chat_template=job["template"],

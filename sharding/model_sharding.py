@@ -12,7 +12,7 @@ import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -100,21 +100,22 @@ class ModelSharding:
                     f"(rules {self.rules_name!r} map {axis} -> {entry!r} on mesh {describe_mesh(self.mesh)}); "
                     f"use a mesh whose size divides it, or a rule set that maps {axis} elsewhere"
                 )
-        self.head_layout = plan_head_layout(config.num_heads, config.num_kv_heads, self.axis_size(q_entry))
-        if not self.head_layout.is_identity:
-            self._log_padding(config)
-        self.model_config = padded_config(config, self.head_layout)
+        layout = plan_head_layout(config.num_heads, config.num_kv_heads, self.axis_size(q_entry))
+        self.head_layout = layout
+        if not layout.is_identity:
+            self._log_padding(config, layout)
+        self.model_config = padded_config(config, layout)
         return self.model_config
 
-    def _log_padding(self, config: ModelConfig) -> None:
+    def _log_padding(self, config: ModelConfig, layout: HeadLayout) -> None:
         shards = self.axis_size(self.rules.q_heads)
-        weights, kv_per_token = padding_bytes(config, self.head_layout, jnp.dtype(config.jnp_dtype).itemsize)
-        kv_share = self.head_layout.padded_kv_heads / max(shards, 1) / config.num_kv_heads
+        weights, kv_per_token = padding_bytes(config, layout, jnp.dtype(config.jnp_dtype).itemsize)
+        kv_share = layout.padded_kv_heads / max(shards, 1) / config.num_kv_heads
         logger.warning(
             "%d query / %d kv heads over %d shards need padding: %s; costs %.1f MiB more weights "
             "(%.1f MiB per device) and %d more KV-cache bytes per token (each device holds %.2fx the "
             "unsharded model's KV per token)",
-            config.num_heads, config.num_kv_heads, shards, self.head_layout.describe(), weights / 2**20,
+            config.num_heads, config.num_kv_heads, shards, layout.describe(), weights / 2**20,
             weights / shards / 2**20, kv_per_token, kv_share,
         )
 
@@ -122,7 +123,7 @@ class ModelSharding:
         """Where attention runs per head shard (``ops.head_sharded_attention``), or None."""
         if not self.splits_heads():
             return None
-        return HeadSharding(self.mesh, self.rules.q_heads)  # a single axis name (check_model)
+        return HeadSharding(self.mesh, cast(str, self.rules.q_heads))  # a single axis name (check_model)
 
     def param_sharding(self, path: tuple[str, ...], shape: tuple[int, ...]) -> NamedSharding:
         """The placement of one parameter; loaders call it before putting the tensor on device.

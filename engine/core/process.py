@@ -86,7 +86,7 @@ class CoreProcess:
         kind, payload = self._reports.recv()
         if kind == "failed":
             raise CoreStartError(payload)
-        return payload  # type: ignore[no-any-return]
+        return payload
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout_s``; removes the socket directory. The exit code."""
