@@ -230,14 +230,16 @@ class ModelRunner:
             pending = _take_previous(sampling.history[:, 0], inputs.sample_prev_index, prev_tokens)
             sampling = dataclasses.replace(
                 sampling, history=jnp.where(sampling.history == PENDING_TOKEN, pending[:, None], sampling.history))
-        tokens, logprobs = sample(logits, sampling, inputs.mode)
+        with jax.named_scope("sample"):
+            tokens, logprobs = sample(logits, sampling, inputs.mode)
         out = {"tokens": tokens}
         if logprobs is not None:
             out.update(zip(("logprob", "rank", "top_logprobs", "top_ids"), logprobs, strict=True))
         if inputs.prompt_k is not None:
             wanted = jnp.any(inputs.prompt_targets >= 0)
-            lp, rank, tv, ti = gated_token_logprobs(inputs.mode.gated, wanted, lambda: self._logits(params, hidden),
-                                                    inputs.prompt_targets, inputs.prompt_k)
+            with jax.named_scope("prompt_logprobs"):
+                lp, rank, tv, ti = gated_token_logprobs(inputs.mode.gated, wanted, lambda: self._logits(params, hidden),
+                                                        inputs.prompt_targets, inputs.prompt_k)
             out.update(prompt_logprob=lp, prompt_rank=rank, prompt_top_logprobs=tv, prompt_top_ids=ti)
         sampled = jnp.pad(tokens, (0, prev_tokens.shape[0] - tokens.shape[0]))  # a fixed-size buffer
         return kv_caches, sampled, out

@@ -4,6 +4,10 @@ The families differ only in flags of ``ModelConfig``: qkv bias (Qwen2), q/k RMSN
 sliding window (Mistral), rope scaling (Llama 3.1), tied embeddings (SmolLM2, small Qwens).
 Layers are unrolled in Python and each owns its K/V pools, so the jitted step updates every
 pool in place (a cache carried through ``lax.scan`` gets copied; see docs/architecture.md).
+
+Each block runs under a ``jax.named_scope`` (embed, layer_i, attention with its rope and
+paged_attention, mlp, final_norm, lm_head), so a profile names the ops as this code does, whatever
+Flax adds of its own (module names, with ``flax_profile`` on).
 """
 
 from __future__ import annotations
@@ -81,14 +85,16 @@ class Attention(nn.Module):
             q = RMSNorm(c.rms_norm_eps, dt, name="q_norm")(q)
             k = RMSNorm(c.rms_norm_eps, dt, name="k_norm")(k)
         inv_freq = inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling_dict)
-        q = apply_rope(q, positions, inv_freq)
-        k = apply_rope(k, positions, inv_freq)
+        with jax.named_scope("rope"):
+            q = apply_rope(q, positions, inv_freq)
+            k = apply_rope(k, positions, inv_freq)
         attend = dict(scale=c.head_dim**-0.5, sliding_window=c.sliding_window, backend=self.backend)
-        if self.heads is not None:
-            out, k_cache, v_cache = head_sharded_write_and_attend(q, k, v, *cache, md, self.heads, **attend)
-        else:
-            k_cache, v_cache = write_kv(cache[0], cache[1], k, v, md.slot_mapping)
-            out = paged_attention(q, k_cache, v_cache, md, **attend)
+        with jax.named_scope("paged_attention"):
+            if self.heads is not None:
+                out, k_cache, v_cache = head_sharded_write_and_attend(q, k, v, *cache, md, self.heads, **attend)
+            else:
+                k_cache, v_cache = write_kv(cache[0], cache[1], k, v, md.slot_mapping)
+                out = paged_attention(q, k_cache, v_cache, md, **attend)
         out = _dense(c.hidden_size, dt, "o_proj")(out.reshape(tokens, c.num_heads * c.head_dim))
         return out, (k_cache, v_cache)
 
@@ -114,11 +120,13 @@ class DecoderLayer(nn.Module):
         self, x: jax.Array, positions: jax.Array, cache: KVCache, md: AttentionMetadata
     ) -> tuple[jax.Array, KVCache]:
         c = self.config
-        h, cache = Attention(c, self.backend, self.heads, name="self_attn")(
-            RMSNorm(c.rms_norm_eps, c.jnp_dtype, name="input_layernorm")(x), positions, cache, md
-        )
-        x = x + h
-        x = x + MLP(c, name="mlp")(RMSNorm(c.rms_norm_eps, c.jnp_dtype, name="post_attention_layernorm")(x))
+        with jax.named_scope("attention"):
+            h, cache = Attention(c, self.backend, self.heads, name="self_attn")(
+                RMSNorm(c.rms_norm_eps, c.jnp_dtype, name="input_layernorm")(x), positions, cache, md
+            )
+            x = x + h
+        with jax.named_scope("mlp"):
+            x = x + MLP(c, name="mlp")(RMSNorm(c.rms_norm_eps, c.jnp_dtype, name="post_attention_layernorm")(x))
         return x, cache
 
 
@@ -144,12 +152,15 @@ class CausalLM(nn.Module):
         kv_caches: list[KVCache],
         md: AttentionMetadata,
     ) -> tuple[jax.Array, list[KVCache]]:
-        x = self.embed_tokens(input_ids)
+        with jax.named_scope("embed"):
+            x = self.embed_tokens(input_ids)
         new_caches = []
-        for layer, cache in zip(self.layers, kv_caches, strict=True):
-            x, cache = layer(x, positions, cache, md)
+        for i, (layer, cache) in enumerate(zip(self.layers, kv_caches, strict=True)):
+            with jax.named_scope(f"layer_{i}"):
+                x, cache = layer(x, positions, cache, md)
             new_caches.append(cache)
-        return self.norm(x), new_caches
+        with jax.named_scope("final_norm"):
+            return self.norm(x), new_caches
 
     def forward_to_logits(
         self, input_ids: jax.Array, positions: jax.Array, kv_caches: list[KVCache], md: AttentionMetadata
@@ -159,5 +170,6 @@ class CausalLM(nn.Module):
         return self.logits(hidden)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
-        out = self.embed_tokens.attend(hidden) if self.config.tie_word_embeddings else self.lm_head(hidden)
-        return out.astype(jnp.float32)
+        with jax.named_scope("lm_head"):
+            out = self.embed_tokens.attend(hidden) if self.config.tie_word_embeddings else self.lm_head(hidden)
+            return out.astype(jnp.float32)
