@@ -27,6 +27,7 @@ from pathlib import Path
 
 from benchmarks.peer_hf_cpu import MAX_MODEL_LEN, SCENARIOS, prompt_ids, summarize
 from engine import EngineConfig, LLMEngine, SamplingParams
+from engine.environment import configure_process
 
 PEER_SCRIPT = Path(__file__).with_name("peer_hf_cpu.py")
 DEFAULT_PEER_PYTHON = "/work/peer-venv/bin/python"
@@ -89,6 +90,7 @@ def report(ours: dict[str, float], peer: dict[str, float]) -> dict[str, dict[str
 
 
 def main() -> None:
+    configure_process()  # a benchmark is an engine start: settings before any device use
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", choices=list(SCENARIOS), action="append", help="default: all")
     parser.add_argument("--rounds", type=int, default=3, help="timed runs of each side per scenario")

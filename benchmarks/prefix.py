@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from engine import EngineConfig, LLMEngine, SamplingParams
+from engine.environment import configure_process
 
 
 def measure(engine: LLMEngine, prompts: list[list[int]], output_len: int) -> dict[str, float]:
@@ -49,6 +50,7 @@ def measure(engine: LLMEngine, prompts: list[list[int]], output_len: int) -> dic
 
 
 def main() -> None:
+    configure_process()  # a benchmark is an engine start: settings before any device use
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
     parser.add_argument("--load-format", default="auto")

@@ -27,6 +27,7 @@ import llguidance
 import llguidance.hf
 import numpy as np
 
+from engine.environment import configure_process
 from engine.structured_output import (
     GrammarCompiler,
     StructuredOutputSpec,
@@ -168,6 +169,7 @@ def device_costs(batch: int, vocab: int, repeats: int = 50) -> dict[str, str | f
 
 
 def main() -> None:
+    configure_process()  # a benchmark is an engine start: settings before any device use
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=200)

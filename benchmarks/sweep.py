@@ -32,6 +32,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from engine.environment import configure_process
+
 TINY_CONFIG = {
     "architectures": ["LlamaForCausalLM"], "vocab_size": 512, "hidden_size": 128, "intermediate_size": 256,
     "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 16,
@@ -185,6 +187,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    configure_process()  # a benchmark is an engine start: settings before any device use
     args = parse_args(argv)
     if args.cpu_devices:
         args.num_gpu_blocks_override = args.num_gpu_blocks_override or CPU_KV_BLOCKS

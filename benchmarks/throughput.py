@@ -34,6 +34,7 @@ from benchmarks import serve
 from benchmarks.roofline import copy_bandwidths
 from benchmarks.step_timeline import StepTimeline
 from engine import EngineConfig, LLMEngine, SamplingParams
+from engine.environment import configure_process
 from models.weights import param_shapes
 
 Workload = list[tuple[list[int], int]]  # (prompt ids, output length)
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
+    configure_process()  # a benchmark is an engine start: settings before any device use
     args = build_parser().parse_args()
     if args.batch1:
         args.num_prompts, args.dataset = 1, "random"
