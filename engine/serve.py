@@ -93,13 +93,21 @@ def _serve_http(args: argparse.Namespace, core: CoreProcess, model: ServedModel,
     for process in others:
         process.start()
 
+    terminated = False
+
     def drain_others() -> None:
+        """SIGTERM, once: each drains its own requests. A second one could reach a server that has
+        drained and put back the default handler, and kill it (exit code -15)."""
+        nonlocal terminated
+        if terminated:
+            return
+        terminated = True
         for process in others:
             if process.is_alive():
-                process.terminate()  # SIGTERM: each drains its own requests
+                process.terminate()
 
     code = run_api_server(specs[0], sock, core.is_alive, on_signal=drain_others)
-    drain_others()
+    drain_others()  # when this server stopped without a signal (its core died)
     for process in others:
         process.join(args.graceful_shutdown_timeout + STOP_GRACE_S)
         if process.is_alive():
