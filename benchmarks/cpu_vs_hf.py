@@ -29,6 +29,7 @@ from pathlib import Path
 from benchmarks.peer_hf_cpu import MAX_MODEL_LEN, SCENARIOS, prompt_ids, summarize
 from engine import LLMEngine, SamplingParams
 from engine.config import add_engine_flags, checked_engine_config
+from engine.environment import configure_process
 
 PEER_SCRIPT = Path(__file__).with_name("peer_hf_cpu.py")
 DEFAULT_PEER_PYTHON = "/work/peer-venv/bin/python"
@@ -53,21 +54,23 @@ class PeerWorker:
     def __init__(self, python: str, threads: int | None) -> None:
         cmd = [python, str(PEER_SCRIPT), "--worker"] + ([f"--threads={threads}"] if threads else [])
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # the PIPEs above
+        self._to_peer, self._from_peer = self.proc.stdin, self.proc.stdout
         self._read()
 
     def _read(self) -> dict:
-        line = self.proc.stdout.readline()
+        line = self._from_peer.readline()
         if not line:
             raise RuntimeError(f"the HF peer exited (code {self.proc.wait()}); see its stderr above")
         return json.loads(line)
 
     def run(self, scenario: str, seed: int, output_len: int | None = None) -> dict[str, float]:
-        self.proc.stdin.write(json.dumps({"scenario": scenario, "seed": seed, "output_len": output_len}) + "\n")
-        self.proc.stdin.flush()
+        self._to_peer.write(json.dumps({"scenario": scenario, "seed": seed, "output_len": output_len}) + "\n")
+        self._to_peer.flush()
         return self._read()
 
     def close(self) -> None:
-        self.proc.stdin.close()
+        self._to_peer.close()
         self.proc.wait()
 
 
@@ -91,6 +94,7 @@ def report(ours: dict[str, float], peer: dict[str, float]) -> dict[str, dict[str
 
 
 def main() -> None:
+    configure_process()  # a benchmark is an engine start: settings before any device use
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", choices=list(SCENARIOS), action="append", help="default: all")
     parser.add_argument("--rounds", type=int, default=3, help="timed runs of each side per scenario")

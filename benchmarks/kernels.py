@@ -14,6 +14,7 @@ matmul rate in causal attention FLOPs. Writes results.json and a log under --out
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -25,6 +26,7 @@ import sys
 import time
 import traceback
 import warnings
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -182,7 +184,7 @@ def correctness_pass() -> None:
     decode_q, decode_s = [1, 1, 0, 1, 1], [1, 95, 0, 32, 700]
     cfgs = [None, gpu.GpuKernelConfig(rows=16, block_k=16),
             gpu.GpuKernelConfig(rows=64, block_k=32, kv_splits=3)]
-    cases = []
+    cases: list[tuple[list[int], list[int], int, int, int, int, Any, dict[str, Any], gpu.GpuKernelConfig | None]] = []
     for group, kv, d, bs in [(1, 2, 64, 16), (4, 2, 128, 16), (8, 1, 128, 32), (4, 8, 64, 32)]:
         for dtype in (jnp.bfloat16, jnp.float32):
             cases.append((q_lens, seq_lens, group, kv, d, bs, dtype, {}, None))
@@ -193,7 +195,7 @@ def correctness_pass() -> None:
     cases += [(decode_q, decode_s, 4, 2, 128, 16, jnp.bfloat16, dict(sliding_window=300), None)]
     cases += [(decode_q, decode_s, 8, 4, 128, 32, jnp.float32, {}, cfg) for cfg in cfgs]
     for i, (ql, sl, group, kv, d, bs, dtype, kw, cfg) in enumerate(cases):
-        seed = int(np.random.SeedSequence().entropy % (2**31))
+        seed = int(cast(int, np.random.SeedSequence().entropy) % (2**31))  # drawn fresh: an int
         case = make_case(seed, ql, sl, num_heads=group * kv, num_kv_heads=kv, head_dim=d,
                          block_size=bs, dtype=dtype, pad_tokens=3)
         try:
@@ -226,8 +228,10 @@ def pool_copy_check() -> None:
 
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(
         case.k_cache, case.v_cache, case.q, case.k_new, case.v_new, case.md).compile()
-    copies = pool_copies(compiled.as_text(), case.k_cache.size)
-    temp = compiled.memory_analysis().temp_size_in_bytes
+    text, memory = compiled.as_text(), compiled.memory_analysis()
+    assert text is not None and memory is not None  # a GPU executable has both
+    copies = pool_copies(text, case.k_cache.size)
+    temp = memory.temp_size_in_bytes
     RESULTS["pool_copy_check"] = {"copies": copies, "temp_bytes": temp, "pool_bytes": case.k_cache.nbytes}
     log(f"pool copy check: {len(copies)} pool-sized copies, temp {temp / 1e6:.1f} MB "
         f"(pool {case.k_cache.nbytes / 1e6:.0f} MB)")
@@ -252,7 +256,7 @@ def run_case(name, kind, q_lens, seq_lens, ceil, smoke, heads=32, kv_heads=8, he
     copy_bw, matmul = ceil
     dtype = jnp.bfloat16
     kv_bytes = sum(seq_lens) * kv_heads * head_dim * 2 * jnp.dtype(dtype).itemsize
-    causal_pairs = sum(sum(s - q + i + 1 for i in range(q)) for q, s in zip(q_lens, seq_lens))
+    causal_pairs = sum(sum(s - q + i + 1 for i in range(q)) for q, s in zip(q_lens, seq_lens, strict=True))
     flops = 4 * heads * head_dim * causal_pairs
     # Enough disjoint input sets to defeat L2 and to keep one dispatch's work well above the
     # host's dispatch time for the small cases.
@@ -283,7 +287,6 @@ def run_case(name, kind, q_lens, seq_lens, ceil, smoke, heads=32, kv_heads=8, he
         row[key.replace("_s", "_bw_frac")] = kv_bytes / t / copy_bw
         row[key.replace("_s", "_flop_frac")] = flops / t / matmul
     RESULTS["cases"][name] = row
-    del shared, sets
     return row
 
 
@@ -338,13 +341,11 @@ def main() -> None:
     args = parser.parse_args()
     device = jax.devices()[0]
     RESULTS.update(device=device.device_kind, jax=jax.__version__, commit=args.commit,
-                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+                   date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
     log(f"device {device.device_kind}, jax {jax.__version__}, commit {args.commit}, {RESULTS['date']}")
-    try:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):  # no nvidia-smi: no clock report
         log(subprocess.run(["nvidia-smi", "--query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw",
                             "--format=csv"], capture_output=True, text=True, timeout=20).stdout)
-    except (OSError, subprocess.SubprocessError):
-        pass
     if not args.skip_correctness:
         correctness_pass()
         pool_copy_check()

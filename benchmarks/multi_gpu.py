@@ -27,7 +27,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -95,7 +94,8 @@ def measure_ceilings(cpu: bool) -> dict[str, Any]:
 
 # ---- runs in their own processes ----------------------------------------------------------
 def _env(args: argparse.Namespace, devices: int) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TESSERA_COMPILATION_CACHE=os.environ.get("TESSERA_COMPILATION_CACHE", ""))
+    cache = os.environ.get("TESSERA_COMPILATION_CACHE", "")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TESSERA_COMPILATION_CACHE=cache)
     if args.cpu_devices:
         env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     else:
@@ -233,26 +233,31 @@ def print_summary(summary: dict[str, Any]) -> None:
               f"over {ceil['devices']}: algbw {ceil['all_reduce_algbw'] / 1e9:.1f} GB/s, "
               f"busbw {ceil['all_reduce_busbw'] / 1e9:.1f} GB/s")
     for mesh, runs in summary.get("big", {}).items():
-        b1, off, srv = runs.get("batch1", {}), runs.get("offline", {}), runs.get("serve", {})
-        line = f"{summary['model']} {mesh}:"
-        if "output_tokens_per_s" in b1:
-            line += f" batch-1 {b1['output_tokens_per_s']:.1f} tok/s"
-            if "roofline_fraction" in b1:
-                line += f" ({b1['roofline_fraction']:.0%} of roofline)"
-        if "total_tokens_per_s" in off:
-            line += f"; offline {off['total_tokens_per_s']:.0f} tok/s (in+out)"
-        if "output_throughput" in srv:
-            line += f"; serving {srv['output_throughput']:.0f} output tok/s"
-        for key in ("batch1", "offline", "serve"):
-            if "error" in runs.get(key, {}):
-                line += f"; {key} failed ({runs[key]['error']}, see its log)"
-        print(line)
+        print(f"{summary['model']} {mesh}:{_runs_line(runs)}")
     for row in summary.get("sweep", {}).get("rows", []):
         if row.get("error"):
             print(f"sweep {row['mesh']}: skipped ({row['error']})")
         else:
             print(f"sweep {row['mesh']} {row['rules']}: {row['total_tokens_per_s']:.0f} tok/s, "
                   f"batch-1 {row['batch1_ms_per_token']:.2f} ms/token")
+
+
+def _runs_line(runs: dict[str, Any]) -> str:
+    """One mesh's batch-1, offline and serving figures, and which of them failed."""
+    b1, off, srv = runs.get("batch1", {}), runs.get("offline", {}), runs.get("serve", {})
+    line = ""
+    if "output_tokens_per_s" in b1:
+        line += f" batch-1 {b1['output_tokens_per_s']:.1f} tok/s"
+        if "roofline_fraction" in b1:
+            line += f" ({b1['roofline_fraction']:.0%} of roofline)"
+    if "total_tokens_per_s" in off:
+        line += f"; offline {off['total_tokens_per_s']:.0f} tok/s (in+out)"
+    if "output_throughput" in srv:
+        line += f"; serving {srv['output_throughput']:.0f} output tok/s"
+    for key in ("batch1", "offline", "serve"):
+        if "error" in runs.get(key, {}):
+            line += f"; {key} failed ({runs[key]['error']}, see its log)"
+    return line
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -268,8 +273,8 @@ def main(argv: list[str] | None = None) -> None:
         args.model = args.sweep_model = str(tiny)
         args.dtype = "float32"
     devices = max([*args.tp, *(_mesh_size(m) for m in args.sweep_meshes)])
-    summary: dict[str, Any] = {"model": Path(args.model).name, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                               "commit": _commit(), "big": {}}
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    summary: dict[str, Any] = {"model": Path(args.model).name, "date": date, "commit": _commit(), "big": {}}
     if "ceilings" not in args.skip:
         cmd = [sys.executable, "-m", "benchmarks.multi_gpu", "--ceilings-only"]
         cmd += ["--cpu-devices", str(devices)] if args.cpu_devices else []

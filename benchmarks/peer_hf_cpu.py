@@ -25,6 +25,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -46,7 +47,7 @@ def prompt_ids(scenario: str, seed: int = 0) -> list[list[int]]:
     return [[rng.randrange(100, 30000) for _ in range(input_len)] for _ in range(batch)]
 
 
-def summarize(scenario: str, seconds: float, output_len: int | None = None) -> dict[str, float]:
+def summarize(scenario: str, seconds: float, output_len: int | None = None) -> dict[str, Any]:
     batch, _, default_len = SCENARIOS[scenario]
     output_len = output_len or default_len
     return {"scenario": scenario, "seconds": seconds, "output_tok_per_s": batch * output_len / seconds}

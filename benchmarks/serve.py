@@ -106,7 +106,7 @@ def make_jobs(args: argparse.Namespace, vocab: int, tokenizer: Any, max_model_le
         outputs = np.minimum(outputs, max_model_len - 2)
         inputs = np.minimum(inputs, max_model_len - outputs - 1)
     jobs = []
-    for prompt_len, output_len in zip(inputs.tolist(), outputs.tolist()):
+    for prompt_len, output_len in zip(inputs.tolist(), outputs.tolist(), strict=True):
         ids = rng.integers(FIRST_ID, vocab, size=max(1, prompt_len)).tolist()
         prompt: list[int] | str = ids
         if args.endpoint == "chat":
@@ -184,7 +184,7 @@ async def run_pass(base_url: str, args: argparse.Namespace, model: str, jobs: li
 
         started = time.perf_counter()
         tasks = []
-        for job, gap in zip(jobs, arrival_gaps(args, len(jobs))):
+        for job, gap in zip(jobs, arrival_gaps(args, len(jobs)), strict=True):
             await asyncio.sleep(gap)
             tasks.append(asyncio.create_task(limited(job)))
         results = await asyncio.gather(*tasks)
@@ -234,7 +234,7 @@ def print_figures(f: dict[str, Any], extra: dict[str, Any]) -> None:
     titles = {"ttft": "Time to First Token", "tpot": "Time per Output Token (excl. 1st token)",
               "itl": "Inter-token Latency", "e2el": "End-to-end Latency"}
     for key, title in titles.items():
-        print("{s:-^52}".format(s=title))
+        print(f"{title:-^52}")
         for stat in ("mean", "median", "p99"):
             print(line.format(f"{stat.capitalize()} {key.upper()} (ms):", f"{f[f'{stat}_{key}_ms']:.2f}"))
     if "first_error" in f:
@@ -283,17 +283,17 @@ async def benchmark(base_url: str, args: argparse.Namespace, served: Any) -> dic
             return str(client.post("/detokenize", json={"tokens": ids}).json()["prompt"])
 
         jobs = make_jobs(args, vocab, decode if has_tokenizer else None, card.get("max_model_len"))
-    async with httpx.AsyncClient(base_url=base_url) as client:
+    async with httpx.AsyncClient(base_url=base_url) as metrics:
         for i in range(args.warmup_passes):
-            compiled_before = await compilations(client)
+            compiled_before = await compilations(metrics)
             print(f"warm-up pass {i + 1} of at most {args.warmup_passes} ({len(jobs)} requests, unmeasured)...",
                   flush=True)
             await run_pass(base_url, args, model, jobs)
-            if compiled_before is not None and await compilations(client) == compiled_before:
+            if compiled_before is not None and await compilations(metrics) == compiled_before:
                 break  # this pass compiled nothing new: the measured one should not either
-        compiled_before = await compilations(client)
+        compiled_before = await compilations(metrics)
         results, duration = await run_pass(base_url, args, model, jobs)
-        compiled_after = await compilations(client)
+        compiled_after = await compilations(metrics)
     figures = summarize(results, duration)
     figures["model"] = model
     if compiled_before is not None and compiled_after is not None:

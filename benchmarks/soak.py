@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -50,7 +51,8 @@ HOSTILE_CHATS: list[dict[str, Any]] = [
     {"messages": [{"role": "wizard", "content": "hi"}]}, {"messages": [{"role": "user", "content": "hi"}],
                                                          "chat_template": "{{ 1/0 }}"},
 ]
-WORDS = "the a quick brown fox jumps over lazy dog tell me about rivers mountains stars and why".split()
+WORDS = ["the", "a", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "tell", "me", "about", "rivers",
+         "mountains", "stars", "and", "why"]
 
 
 @dataclasses.dataclass
@@ -97,11 +99,9 @@ async def _request(client: httpx.AsyncClient, rng: random.Random, args: argparse
             response = await client.post("/v1/completions", json={**body, "n": rng.randint(2, 4)})
             tally.statuses[response.status_code] += 1
         else:  # abort: hang up before the answer comes
-            try:
+            with contextlib.suppress(httpx.TimeoutException):
                 await client.post("/v1/completions", json={**body, "max_tokens": args.max_tokens, "ignore_eos": True},
                                   timeout=rng.uniform(0.05, 0.5))
-            except httpx.TimeoutException:
-                pass
         tally.outcomes[kind] += 1
     except httpx.TransportError as err:
         tally.outcomes[f"transport error ({type(err).__name__})"] += 1
@@ -166,9 +166,9 @@ async def _drained(client: httpx.AsyncClient, timeout_s: float = 120.0) -> dict[
     deadline = time.monotonic() + timeout_s
     while True:
         text = (await client.get("/metrics")).text
+        in_use = _metric(text, "vllm:num_kv_blocks_total") - _metric(text, "vllm:num_kv_blocks_free")
         state = {"running": _metric(text, "vllm:num_requests_running"),
-                 "waiting": _metric(text, "vllm:num_requests_waiting"),
-                 "kv_blocks_in_use": _metric(text, "vllm:num_kv_blocks_total") - _metric(text, "vllm:num_kv_blocks_free")}
+                 "waiting": _metric(text, "vllm:num_requests_waiting"), "kv_blocks_in_use": in_use}
         if not any(state.values()) or time.monotonic() > deadline:
             return state
         await asyncio.sleep(0.5)

@@ -25,7 +25,6 @@ import httpx
 
 from engine.args import parse_args as parse_server_args
 
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -38,6 +37,7 @@ def time_to_ready(server_args: list[str], cache_dir: str, timeout_s: float) -> d
                "--compilation-cache-dir", cache_dir, "--disable-log-requests", "--disable-log-stats"]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None  # PIPE
     try:
         warming_seen = ""
         while time.perf_counter() - started < timeout_s:

@@ -30,13 +30,13 @@ import itertools
 import json
 import math
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from engine.config import add_engine_flags, checked_engine_config, engine_config
 from engine.config_flags import mesh_spec, rules_spec
+from engine.environment import configure_process
 
 # The grid's own flags set these per layout (--meshes, --rules, --attention-backends).
 SWEPT_FIELDS = ("mesh", "tensor_parallel_size", "data_parallel_size", "sharding_rules", "attention_backend")
@@ -138,7 +138,8 @@ def sweep(args: argparse.Namespace, model_dir: str) -> list[dict[str, Any]]:
 def _format_row(row: dict[str, Any]) -> str:
     if row["error"]:
         return f"{row['mesh']:>12} {row['rules']:>18} {row['backend']:>10}  skipped: {row['error']}"
-    return (f"{row['mesh']:>12} {row['rules']:>18} {row['backend']:>10} {row['devices']:>3} dev  {row['output_tokens_per_s']:10.1f} out tok/s"
+    return (f"{row['mesh']:>12} {row['rules']:>18} {row['backend']:>10} {row['devices']:>3} dev"
+            f"  {row['output_tokens_per_s']:10.1f} out tok/s"
             f"  {row['total_tokens_per_s']:10.1f} tok/s  {row['ms_per_step']:8.2f} ms/step"
             f"  batch-1 {row['batch1_ms_per_token']:8.2f} ms/token")
 
@@ -190,6 +191,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    configure_process()  # a benchmark is an engine start: settings before any device use
     args = parse_args(argv)
     import jax
 
@@ -221,4 +223,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import cast
 
 import jax
 import numpy as np
@@ -35,6 +36,7 @@ from benchmarks.roofline import copy_bandwidths
 from benchmarks.step_timeline import StepTimeline
 from engine import LLMEngine, SamplingParams
 from engine.config import add_engine_flags, checked_engine_config
+from engine.environment import configure_process
 from models.weights import param_shapes
 
 Workload = list[tuple[list[int], int]]  # (prompt ids, output length)
@@ -73,7 +75,7 @@ def make_workload(args: argparse.Namespace, vocab: int, max_model_len: int, rng:
             "--bench-seed", str(int(rng.integers(2**31))),
         ])
         jobs = serve.make_jobs(serve_args, vocab, None, max_model_len)
-        return [(list(job.prompt), job.output_len) for job in jobs]
+        return [(list(cast(list[int], job.prompt)), job.output_len) for job in jobs]  # no decode: token ids
     return [([int(t) for t in rng.integers(100, min(vocab, 30000), size=args.input_len)], args.output_len)
             for _ in range(args.num_prompts)]
 
@@ -94,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
+    configure_process()  # a benchmark is an engine start: settings before any device use
     parser = build_parser()
     args = parser.parse_args()
     config = checked_engine_config(parser, args)

@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     layout = plan_head_layout(args.heads, args.kv_heads, args.tp)
     if not layout.is_identity:
-        raise SystemExit(f"{args.heads} / {args.kv_heads} heads need padding over tp={args.tp}; pick a shape that splits")
+        raise SystemExit(f"{args.heads} / {args.kv_heads} heads need padding over tp={args.tp}; "
+                         "pick a shape that splits")
     mesh = jax.make_mesh((args.tp,), ("tp",), devices=jax.devices()[: args.tp], axis_types=(AxisType.Auto,))
     heads = HeadSharding(mesh, "tp")
     (k, v), sets = paged_step(0, [1] * args.batch, [args.context] * args.batch, args.heads, args.kv_heads,

@@ -1,21 +1,35 @@
-"""Tessera's engine: ``from engine import LLM, SamplingParams``."""
+"""Tessera's engine: ``from engine import LLM, SamplingParams``.
 
-import os
+Importing the package loads nothing else and changes nothing: each name below is imported when
+first used (``engine.LLM`` loads JAX, ``engine.SamplingParams`` does not), and process settings are
+applied when an engine or server starts (engine/environment.py).
+"""
 
-# Let the engine size the KV cache from the device's memory itself (gpu_memory_utilization)
-# instead of XLA's default 75% preallocation; must be set before JAX initialises a GPU.
-os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
-# transformers is only our tokenizer and config library; its "PyTorch was not found" notice is noise.
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from __future__ import annotations
 
-from engine import log  # noqa: E402
+import importlib
+from typing import TYPE_CHECKING, Any
 
-log.configure()
+if TYPE_CHECKING:
+    from engine.config import EngineConfig
+    from engine.llm import LLM
+    from engine.llm_engine import LLMEngine
+    from engine.outputs import CompletionOutput, Logprob, RequestOutput
+    from engine.sampling_params import SamplingParams
 
-from engine.config import EngineConfig  # noqa: E402
-from engine.llm import LLM  # noqa: E402
-from engine.llm_engine import LLMEngine  # noqa: E402
-from engine.outputs import CompletionOutput, Logprob, RequestOutput  # noqa: E402
-from engine.sampling_params import SamplingParams  # noqa: E402
+_EXPORTS = {
+    "CompletionOutput": "engine.outputs",
+    "EngineConfig": "engine.config",
+    "LLM": "engine.llm",
+    "LLMEngine": "engine.llm_engine",
+    "Logprob": "engine.outputs",
+    "RequestOutput": "engine.outputs",
+    "SamplingParams": "engine.sampling_params",
+}
+__all__ = ["CompletionOutput", "EngineConfig", "LLM", "LLMEngine", "Logprob", "RequestOutput", "SamplingParams"]
 
-__all__ = ["LLM", "CompletionOutput", "EngineConfig", "LLMEngine", "Logprob", "RequestOutput", "SamplingParams"]
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -38,13 +38,13 @@ class BatchRows:
         if len(self._free) < len(seqs):
             self._forget_all_but(seqs)
         slots = np.fromiter((self._slot_of.get(s.seq_id, -1) for s in seqs), np.int64, len(seqs))
-        failed = []
+        failed: list[tuple[Sequence, Exception]] = []
         for i in np.flatnonzero(slots < 0):
             try:
                 slots[i] = self._add(seqs[i])
             except (OverflowError, ValueError, TypeError) as err:
                 failed.append((seqs[i], err))
-        for seq, slot in zip(seqs, slots):
+        for seq, slot in zip(seqs, slots, strict=True):
             if slot >= 0 and seq.table_dirty_from < len(seq.block_table):
                 self._copy_table(seq, int(slot))
         return slots, failed

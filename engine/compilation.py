@@ -36,14 +36,14 @@ def _bump(name: str) -> None:
         _counts[name] += 1
 
 
-def _on_duration(event: str, duration: float, **_: object) -> None:
+def _on_duration(event: str, duration_secs: float, **_: str | int) -> None:
     if event == _LOWERING_EVENT:
         _bump("lowerings")
     elif event == _BACKEND_COMPILE_EVENT:
         _bump("backend")
 
 
-def _on_event(event: str, **_: object) -> None:
+def _on_event(event: str, **_: str | int) -> None:
     if event == _CACHE_HIT_EVENT:
         _bump("cache_hits")
 

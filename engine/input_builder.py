@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from engine.batch_rows import FLOAT_SETTINGS, BatchRows
+from engine.data_parallel import DataParallelBatch
 from engine.sampler import SamplerMode, SamplingTensors, pow2_at_least
 from engine.scheduler import ScheduledBatch
 from engine.sequence import Sequence
 from engine.step_input import PENDING_TOKEN, StepInput, empty_sampling
-from sharding.data_parallel import DataParallelBatch
 
 ShapeFn = Callable[[int, int, int, bool], tuple[int, int, int]]
 
@@ -168,8 +168,8 @@ def _sampling_tensors(seqs: list[Sequence], taking: np.ndarray, rows: np.ndarray
     seeded sampling draws the same numbers with the overlap on or off; its id in the penalty
     history is filled in on the device (``PENDING_TOKEN``).
     """
-    side = [seqs[i] for i, slot in zip(taking, slots) if store.has_side_inputs[slot]]
-    side_rows = [int(r) for r, slot in zip(rows, slots) if store.has_side_inputs[slot]]
+    side = [seqs[i] for i, slot in zip(taking, slots, strict=True) if store.has_side_inputs[slot]]
+    side_rows = [int(r) for r, slot in zip(rows, slots, strict=True) if store.has_side_inputs[slot]]
     bias_width, history_width = _side_widths(side, eos_ids)
     t = empty_sampling(s_pad, bias_width, history_width)
     for column, name in enumerate(FLOAT_SETTINGS):
@@ -177,7 +177,7 @@ def _sampling_tensors(seqs: list[Sequence], taking: np.ndarray, rows: np.ndarray
     t.top_k[rows] = store.top_k[slots]
     t.seeds[rows] = store.seeds[slots]
     t.counters[rows] = [seqs[i].num_output_tokens for i in taking]
-    for seq, row in zip(side, side_rows):
+    for seq, row in zip(side, side_rows, strict=True):
         _fill_side_inputs(t, row, seq, eos_ids)
     return t
 
@@ -188,7 +188,7 @@ def _side_widths(seqs: list[Sequence], eos_ids: frozenset[int]) -> tuple[int, in
         p = seq.params
         n = len(p.logit_bias or {})
         if seq.num_output_tokens < p.min_tokens:
-            n += len(eos_ids) + len(p.stop_token_ids)
+            n += len(eos_ids) + len(p.stop_token_ids or ())
         bias = max(bias, n)
         if p.uses_penalties:
             history = max(history, seq.num_tokens)
@@ -201,7 +201,7 @@ def _fill_side_inputs(t: SamplingTensors, row: int, seq: Sequence, eos_ids: froz
     if p.logit_bias or generated < p.min_tokens:
         entries = list((p.logit_bias or {}).items())
         if generated < p.min_tokens:
-            entries += [(tok, -math.inf) for tok in (*eos_ids, *p.stop_token_ids)]
+            entries += [(tok, -math.inf) for tok in (*eos_ids, *(p.stop_token_ids or ()))]
         for j, (tok, value) in enumerate(entries):
             t.bias_ids[row, j], t.bias_values[row, j] = tok, value
     if p.uses_penalties and t.history.shape[1]:

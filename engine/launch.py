@@ -1,6 +1,6 @@
-"""What ``engine.serve``'s child processes run first: the logging set-up and, in the engine core,
-building the engine from the command line (module-level, so the ``spawn`` start method can pickle
-them); and a multi-host follower's whole life."""
+"""What ``engine.serve``'s child processes run first: the process settings and the logging set-up
+and, in the engine core, building the engine from the command line (module-level, so the ``spawn``
+start method can pickle them); and a multi-host follower's whole life."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 import time
 
 from engine.config import engine_config
+from engine.environment import configure_process
 from engine.llm_engine import LLMEngine
 from sharding import multihost
 from sharding.cli import init_distributed_from_args
@@ -17,6 +18,8 @@ logger = logging.getLogger("engine.serve")
 
 
 def configure_logging() -> None:
+    """The start of every process ``engine.serve`` runs: process settings, then log format."""
+    configure_process()
     logging.basicConfig(level=logging.INFO, datefmt="%m-%d %H:%M:%S",
                         format="%(levelname)s %(asctime)s %(processName)s [%(name)s] %(message)s")
     for noisy in ("jax", "absl"):

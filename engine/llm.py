@@ -56,17 +56,17 @@ class LLM:
         prompt_list = _as_prompt_list(prompts)
         params = _broadcast_params(sampling_params, len(prompt_list))
         encoded = []
-        for prompt, p in zip(prompt_list, params):  # validate everything before queueing anything
+        for prompt, p in zip(prompt_list, params, strict=True):  # validate everything before queueing anything
             p.validate()
             if p.structured_outputs is not None:
                 self.engine.check_constraint(p.structured_outputs)
             text, ids = self.engine.encode_prompt(_prompt_value(prompt))
             self.engine.check_length(len(ids), p)
             encoded.append(ids if text is None else text)
-        ids = [str(next(self._counter)) for _ in encoded]
-        for request_id, prompt, p in zip(ids, encoded, params):
+        request_ids = [str(next(self._counter)) for _ in encoded]
+        for request_id, prompt, p in zip(request_ids, encoded, params, strict=True):
             self.engine.add_request(request_id, prompt, p)
-        return self._run(ids, use_tqdm)
+        return self._run(request_ids, use_tqdm)
 
     def chat(
         self,
@@ -116,10 +116,10 @@ class LLM:
 def _as_prompt_list(prompts: Prompt | Seq[Prompt]) -> list[Prompt]:
     if isinstance(prompts, (str, dict)):
         return [prompts]
-    prompts = list(prompts)
-    if prompts and all(isinstance(t, int) for t in prompts):
-        return [prompts]
-    return prompts
+    items: list[Any] = list(prompts)
+    if items and all(isinstance(t, int) for t in items):
+        return [items]  # one prompt of token ids
+    return items
 
 
 def _prompt_value(prompt: Prompt) -> str | list[int]:

@@ -11,7 +11,6 @@ step's token mask needs the token the previous step sampled.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 import time
@@ -24,15 +23,20 @@ from engine.block_manager import BlockManager
 from engine.compilation import compilation_count, enable_persistent_cache, install_counter
 from engine.config import EngineConfig
 from engine.constrained import ConstrainedRequests, grammar_finish
-from engine.model_runner import InFlightStep, ModelRunner, StepOutput
+from engine.data_parallel import DataParallelScheduler
+from engine.environment import configure_process
+from engine.model_runner import InFlightStep, ModelRunner, PromptLogprobs, StepOutput
 from engine.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
 from engine.request_errors import RequestValidationError
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledBatch, Scheduler
+from engine.scheduler_protocols import BatchScheduler, BlockPool
 from engine.sequence import Sequence
+from engine.stats import EngineStats
 from engine.stop_checker import StopChecker
 from engine.structured_output import StructuredOutputSpec
-from models.loaders import LoadedModel, load_model
+from engine.tokenizer import load_tokenizer
+from models.loaders.load import LoadedModel, load_model
 from ops.attention import default_backend, validate_backend
 
 if TYPE_CHECKING:
@@ -42,22 +46,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_TOKENS = 2048
 GRAMMAR_WAIT_S = 0.05  # an engine with nothing to run but compiling grammars waits this long per step
-
-
-@dataclasses.dataclass
-class EngineStats:
-    num_running: int
-    num_waiting: int
-    kv_cache_usage: float
-    num_free_blocks: int
-    num_blocks: int
-    prompt_tokens_total: int
-    generation_tokens_total: int
-    num_preemptions: int
-    num_compilations: int
-    num_late_compilations: int  # step programs compiled after the bucket plan was ready (should be 0)
-    prefix_cache_queries: int  # prompt tokens looked up in the prefix cache
-    prefix_cache_hits: int  # of those, tokens whose KV was reused
 
 
 class RequestState:
@@ -79,21 +67,22 @@ class LLMEngine:
                  sharding: ModelSharding | None = None, precompile: bool | None = None) -> None:
         """``precompile`` (default: ``config.precompile``): compile the bucket plan now; the engine
         core passes False and calls ``precompile()`` itself, reporting progress to its API servers."""
+        configure_process()  # before the first JAX device use below
         config = config.with_platform_defaults(jax.default_backend())
         config.validate()
         install_counter()
         enable_persistent_cache(config.compilation_cache_dir)
         self.config = config
-        if sharding is None and config.mesh_spec():
+        if sharding is None and (mesh_spec := config.mesh_spec()):
             from sharding.model_sharding import ModelSharding
 
-            sharding = ModelSharding.from_spec(config.mesh_spec(), config.sharding_rules)
+            sharding = ModelSharding.from_spec(mesh_spec, config.sharding_rules)
         self.sharding = sharding
         if loaded is None:
             loaded = load_model(
                 config.model, tokenizer=config.tokenizer, dtype=config.dtype, load_format=config.load_format,
                 seed=config.seed, use_checkpoint_cache=config.use_checkpoint_cache,
-                sharding_for=sharding.param_sharding if sharding else None,
+                sharding_for=sharding.param_sharding if sharding else None, make_tokenizer=load_tokenizer,
             )
         self.model_config = loaded.config
         self.tokenizer = loaded.tokenizer
@@ -134,19 +123,7 @@ class LLMEngine:
             precompiled=config.precompile, token_masks=self.tokenizer is not None,
         )
         logger.info(self.runner.kv_cache_summary())
-        if sharding is not None and sharding.dp > 1:
-            from sharding.data_parallel import DataParallelScheduler
-
-            self.scheduler = DataParallelScheduler(
-                sharding.dp, self.runner.num_blocks // sharding.dp, config.block_size, config.max_num_seqs,
-                self.max_num_batched_tokens, config.enable_chunked_prefill, config.enable_prefix_caching,
-            )
-            self.block_manager = self.scheduler.block_manager
-        else:
-            self.block_manager = BlockManager(self.runner.num_blocks, config.block_size,
-                                              config.enable_prefix_caching)
-            self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, self.max_num_batched_tokens,
-                                       config.enable_chunked_prefill)
+        self.scheduler, self.block_manager = self._make_scheduler(sharding)
         self.requests: dict[str, RequestState] = {}
         # False: token ids only, no text and no stop strings (the engine core; its API servers make the text)
         self.detokenize = True
@@ -161,6 +138,20 @@ class LLMEngine:
         self.on_admission: Callable[[str, str | None], None] | None = None
         if config.precompile if precompile is None else precompile:
             self.precompile()
+
+    def _make_scheduler(self, sharding: ModelSharding | None) -> tuple[BatchScheduler, BlockPool]:
+        """One scheduler over one block pool, or with dp replicas one of each per replica."""
+        config = self.config
+        if sharding is not None and sharding.dp > 1:
+            replicas = DataParallelScheduler(
+                sharding.dp, self.runner.num_blocks // sharding.dp, config.block_size, config.max_num_seqs,
+                self.max_num_batched_tokens, config.enable_chunked_prefill, config.enable_prefix_caching,
+            )
+            return replicas, replicas.block_manager
+        block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
+        scheduler = Scheduler(block_manager, config.max_num_seqs, self.max_num_batched_tokens,
+                              config.enable_chunked_prefill)
+        return scheduler, block_manager
 
     def precompile(self, on_progress: Callable[[], None] | None = None) -> None:
         """Compiles (or loads from the persistent cache) every step program of the bucket plan;
@@ -311,7 +302,7 @@ class LLMEngine:
             outputs.extend(self._fail_request(seq.request_id, error))
         if in_flight is None:
             return None
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
             self.prompt_tokens_total += max(0, min(n, seq.num_prompt_tokens - seq.num_computed_tokens))
         return batch, in_flight
 
@@ -336,7 +327,7 @@ class LLMEngine:
         batch, in_flight = launched
         self.scheduler.complete(batch)
         built = in_flight.built
-        for seq, takes, row in zip(batch.seqs, built.samples, built.token_rows):
+        for seq, takes, row in zip(batch.seqs, built.samples, built.token_rows, strict=True):
             if takes and not seq.is_finished:
                 seq.mark_pending(int(row))
 
@@ -370,11 +361,11 @@ class LLMEngine:
         self.generation_tokens_total += 1
         if seq.first_token_time is None:
             seq.first_token_time = time.monotonic()
-        if out.logprob is not None and seq.params.logprobs is not None:
-            seq.cumulative_logprob += float(out.logprob[row])
+        if out.logprobs is not None and seq.params.logprobs is not None:
+            lp = out.logprobs
+            seq.cumulative_logprob += float(lp.logprob[row])
             seq.logprobs.append(self._position_logprobs(
-                token, out.logprob[row], out.rank[row], out.top_logprobs[row], out.top_ids[row],
-                seq.params.logprobs))
+                token, lp.logprob[row], lp.rank[row], lp.top_logprobs[row], lp.top_ids[row], seq.params.logprobs))
         checker = state.checkers[seq.index]
         reason = checker.on_token(seq, token)
         if reason is None and seq.grammar is not None:
@@ -390,11 +381,11 @@ class LLMEngine:
         ids = [token, *(int(t) for t in top_ids[:k])]
         texts = self.tokenizer.decode_each(ids) if self.tokenizer is not None and self.detokenize else [None] * len(ids)
         entry: PositionLogprobs = {token: Logprob(float(logprob), int(rank), texts[0])}
-        for r, (value, tid, text) in enumerate(zip(top_values[:k], ids[1:], texts[1:]), start=1):
+        for r, (value, tid, text) in enumerate(zip(top_values[:k], ids[1:], texts[1:], strict=True), start=1):
             entry.setdefault(tid, Logprob(float(value), r, text))
         return entry
 
-    def _record_prompt_logprobs(self, seq: Sequence, data: tuple[Any, ...]) -> None:
+    def _record_prompt_logprobs(self, seq: Sequence, data: PromptLogprobs) -> None:
         start, lps, ranks, top_values, top_ids = data
         if not seq.prompt_logprobs:
             seq.prompt_logprobs.append(None)  # the first prompt token has no logprob
@@ -407,7 +398,7 @@ class LLMEngine:
 
     def _request_output(self, state: RequestState) -> RequestOutput:
         outputs = []
-        for seq, checker in zip(state.seqs, state.checkers):
+        for seq, checker in zip(state.seqs, state.checkers, strict=True):
             outputs.append(CompletionOutput(
                 index=seq.index, text=checker.visible_text(seq.is_finished), token_ids=seq.output_token_ids,
                 cumulative_logprob=seq.cumulative_logprob if seq.params.logprobs is not None else None,

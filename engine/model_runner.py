@@ -13,7 +13,7 @@ for rows whose input token the host has not seen yet (the overlap in llm_engine.
 
 With a ``ModelSharding`` the step is jitted with explicit in/out shardings over its mesh; with
 dp replicas every input is laid out as ``dp`` equal slices, slice ``r`` holding replica
-``r``'s sequences with block ids local to its part of the pool (sharding/data_parallel.py).
+``r``'s sequences with block ids local to its part of the pool (engine/data_parallel.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -32,8 +32,9 @@ import numpy as np
 from engine.batch_rows import BatchRows
 from engine.bucket_plan import BucketPlan, ProgramKey, fit
 from engine.compilation import compilation_count
+from engine.data_parallel import DataParallelBatch
 from engine.input_builder import BuiltStep, build_step_input
-from engine.sampler import gated_token_logprobs, pow2_at_least, sample
+from engine.sampler import Rows, gated_token_logprobs, pow2_at_least, sample
 from engine.scheduler import ScheduledBatch
 from engine.sequence import Sequence
 from engine.step_input import PENDING_TOKEN, StepInput, empty_sampling, padding_input
@@ -42,10 +43,10 @@ from engine.structured_output import GrammarMatcher, bitmask_words, step_bitmask
 from models.config import ModelConfig
 from models.llama import CausalLM
 from models.registry import build_model
-from sharding.data_parallel import DataParallelBatch
 from sharding.multihost import StepChannel
 
 if TYPE_CHECKING:
+    from ops.attention import AttentionMetadata
     from sharding.model_sharding import ModelSharding
 
 logger = logging.getLogger(__name__)
@@ -54,15 +55,25 @@ KVCaches = list[tuple[jax.Array, jax.Array]]
 CPU_DEFAULT_KV_BYTES = 512 * 1024**2
 
 
+# One sequence's prompt logprobs from a step: its first scored position, then per position the
+# logprob, rank, top-k logprobs and top-k ids.
+PromptLogprobs = tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+@dataclasses.dataclass
+class SampledLogprobs:
+    logprob: np.ndarray  # [S] of the sampled token
+    rank: np.ndarray  # [S] of the sampled token
+    top_logprobs: np.ndarray  # [S, k]
+    top_ids: np.ndarray  # [S, k]
+
+
 @dataclasses.dataclass
 class StepOutput:
     tokens: np.ndarray  # [S] sampled token per scheduled sequence (meaningful where it samples)
     samples: np.ndarray  # [S] bool: this step ended the sequence's known tokens, so it sampled
-    logprob: np.ndarray | None = None  # [S]
-    rank: np.ndarray | None = None  # [S]
-    top_logprobs: np.ndarray | None = None  # [S, k]
-    top_ids: np.ndarray | None = None  # [S, k]
-    prompt: dict[int, tuple[np.ndarray, ...]] = dataclasses.field(default_factory=dict)  # row -> arrays
+    logprobs: SampledLogprobs | None = None  # when some sequence asked for them
+    prompt: dict[int, PromptLogprobs] = dataclasses.field(default_factory=dict)  # by row
 
 
 @dataclasses.dataclass
@@ -217,29 +228,36 @@ class ModelRunner:
     def _forward(self, params: dict[str, Any], kv_caches: KVCaches, inputs: StepInput,
                  prev_tokens: jax.Array) -> tuple[KVCaches, jax.Array, dict[str, jax.Array]]:
         """One replica's step. ``prev_tokens``: the previous step's sampled tokens, still on device."""
-        variables = {"params": params}
         input_ids = _take_previous(inputs.input_ids, inputs.prev_token_index, prev_tokens)
-        hidden, kv_caches = self.model.apply(variables, input_ids, inputs.positions, kv_caches, inputs.attention())
-        logits = self.model.apply(variables, hidden[inputs.logits_indices], method=CausalLM.logits)
+        hidden, kv_caches = self._decoder(params, input_ids, inputs.positions, kv_caches, inputs.attention())
+        logits = self._logits(params, hidden[inputs.logits_indices])
         sampling = inputs.sampling
         if sampling.history.shape[1]:
             pending = _take_previous(sampling.history[:, 0], inputs.sample_prev_index, prev_tokens)
-            sampling = sampling.replace(
-                history=jnp.where(sampling.history == PENDING_TOKEN, pending[:, None], sampling.history))
-        tokens, logprobs = sample(logits, sampling, inputs.mode, inputs.token_bitmask)
+            sampling = dataclasses.replace(
+                sampling, history=jnp.where(sampling.history == PENDING_TOKEN, pending[:, None], sampling.history))
+        with jax.named_scope("sample"):
+            tokens, logprobs = sample(logits, sampling, inputs.mode, inputs.token_bitmask)
         out = {"tokens": tokens}
         if logprobs is not None:
-            out.update(zip(("logprob", "rank", "top_logprobs", "top_ids"), logprobs))
+            out.update(zip(("logprob", "rank", "top_logprobs", "top_ids"), logprobs, strict=True))
         if inputs.prompt_k is not None:
-            def all_logits() -> jax.Array:
-                return self.model.apply(variables, hidden, method=CausalLM.logits)
-
             wanted = jnp.any(inputs.prompt_targets >= 0)
-            lp, rank, tv, ti = gated_token_logprobs(inputs.mode.gated, wanted, all_logits, inputs.prompt_targets,
-                                                    inputs.prompt_k)
+            with jax.named_scope("prompt_logprobs"):
+                lp, rank, tv, ti = gated_token_logprobs(inputs.mode.gated, wanted, lambda: self._logits(params, hidden),
+                                                        inputs.prompt_targets, inputs.prompt_k)
             out.update(prompt_logprob=lp, prompt_rank=rank, prompt_top_logprobs=tv, prompt_top_ids=ti)
         sampled = jnp.pad(tokens, (0, prev_tokens.shape[0] - tokens.shape[0]))  # a fixed-size buffer
         return kv_caches, sampled, out
+
+    def _decoder(self, params: dict[str, Any], input_ids: jax.Array, positions: jax.Array, kv_caches: KVCaches,
+                 md: AttentionMetadata) -> tuple[jax.Array, KVCaches]:
+        """The hidden state of every token row, and the caches with this step's K/V written."""
+        out = self.model.apply({"params": params}, input_ids, positions, kv_caches, md)
+        return cast(tuple[jax.Array, KVCaches], out)  # apply returns the method's result (nothing mutable)
+
+    def _logits(self, params: dict[str, Any], hidden: jax.Array) -> jax.Array:
+        return cast(jax.Array, self.model.apply({"params": params}, hidden, method=CausalLM.logits))
 
     # ---- step programs ------------------------------------------------------------------------
     def precompile(self, workers: int | None = None, on_progress: Callable[[], None] | None = None) -> float:
@@ -323,10 +341,8 @@ class ModelRunner:
         rows = built.rows
         result = StepOutput(tokens=host["tokens"][rows], samples=built.samples)
         if built.inputs.mode.num_logprobs:
-            result.logprob = host["logprob"][rows]
-            result.rank = host["rank"][rows]
-            result.top_logprobs = host["top_logprobs"][rows]
-            result.top_ids = host["top_ids"][rows]
+            result.logprobs = SampledLogprobs(host["logprob"][rows], host["rank"][rows], host["top_logprobs"][rows],
+                                              host["top_ids"][rows])
         for row, (cursor, start, count) in built.prompt_rows.items():
             window = slice(cursor, cursor + count)
             result.prompt[row] = (start, host["prompt_logprob"][window], host["prompt_rank"][window],
@@ -363,7 +379,7 @@ class ModelRunner:
         return compilation_count()
 
 
-def _take_previous(values: jax.Array, index: jax.Array, prev_tokens: jax.Array) -> jax.Array:
+def _take_previous(values: Rows, index: jax.Array, prev_tokens: jax.Array) -> jax.Array:
     """``values`` where ``index`` < 0, else the previous step's sampled token at ``index``."""
     return jnp.where(index >= 0, prev_tokens[jnp.maximum(index, 0)], values)
 
@@ -371,7 +387,8 @@ def _take_previous(values: jax.Array, index: jax.Array, prev_tokens: jax.Array) 
 def _without_failed(batch: ScheduledBatch, slots: np.ndarray) -> tuple[ScheduledBatch, np.ndarray]:
     """The batch without the sequences whose rows could not be placed (slot -1)."""
     keep = np.flatnonzero(slots >= 0)
-    fields = dict(seqs=[batch.seqs[i] for i in keep], num_new_tokens=[batch.num_new_tokens[i] for i in keep])
+    seqs, counts = [batch.seqs[i] for i in keep], [batch.num_new_tokens[i] for i in keep]
     if isinstance(batch, DataParallelBatch):
-        fields["dp_ranks"] = [batch.dp_ranks[i] for i in keep]
-    return dataclasses.replace(batch, **fields), slots[keep]
+        ranks = [batch.dp_ranks[i] for i in keep]
+        return dataclasses.replace(batch, seqs=seqs, num_new_tokens=counts, dp_ranks=ranks), slots[keep]
+    return dataclasses.replace(batch, seqs=seqs, num_new_tokens=counts), slots[keep]

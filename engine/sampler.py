@@ -43,21 +43,27 @@ class SamplerMode:
         return "greedy" if self.all_greedy and not self.num_logprobs else "full"
 
 
+Rows = jax.Array | np.ndarray  # one entry per sampled row
+
+
 @struct.dataclass
 class SamplingTensors:
-    temperature: jax.Array  # [S] f32, 0 = greedy
-    top_p: jax.Array  # [S] f32
-    top_k: jax.Array  # [S] i32, 0 = off
-    min_p: jax.Array  # [S] f32
-    presence_penalty: jax.Array  # [S] f32
-    frequency_penalty: jax.Array  # [S] f32
-    repetition_penalty: jax.Array  # [S] f32
-    seeds: jax.Array  # [S] u32
-    counters: jax.Array  # [S] i32: tokens generated so far
-    bias_ids: jax.Array  # [S, NB] i32, -1 = unused
-    bias_values: jax.Array  # [S, NB] f32
-    history: jax.Array  # [S, H] i32 prompt + output ids for penalties, -1 = unused
-    history_is_output: jax.Array  # [S, H] bool
+    """Per-row sampler settings: numpy arrays while the host fills them (engine/input_builder.py),
+    device arrays inside the step."""
+
+    temperature: Rows  # [S] f32, 0 = greedy
+    top_p: Rows  # [S] f32
+    top_k: Rows  # [S] i32, 0 = off
+    min_p: Rows  # [S] f32
+    presence_penalty: Rows  # [S] f32
+    frequency_penalty: Rows  # [S] f32
+    repetition_penalty: Rows  # [S] f32
+    seeds: Rows  # [S] u32
+    counters: Rows  # [S] i32: tokens generated so far
+    bias_ids: Rows  # [S, NB] i32, -1 = unused
+    bias_values: Rows  # [S, NB] f32
+    history: Rows  # [S, H] i32 prompt + output ids for penalties, -1 = unused
+    history_is_output: Rows  # [S, H] bool
     wants_logprobs: Any = None  # [S] bool, set by the bucket plan: a gated mode computes logprobs only if any
 
 
@@ -158,7 +164,7 @@ def _largest_key(lo: jax.Array, hi: jax.Array, holds: Callable[[jax.Array], jax.
     return jax.lax.fori_loop(0, 32, step, (lo, hi))[0]
 
 
-def uses_filters(t: SamplingTensors) -> jax.Array:
+def uses_filters(t: SamplingTensors) -> Rows:
     """[S] bool: the row asks for top-k, top-p or min-p."""
     return (t.top_k > 0) | (t.top_p < 1.0) | (t.min_p > 0)
 
@@ -173,7 +179,7 @@ def _draw(logits: jax.Array, t: SamplingTensors, mode: SamplerMode) -> jax.Array
         tempered = _gate(mode.gated, jnp.any(filtered),
                          lambda: jnp.where(filtered[:, None], apply_filters(tempered, t), tempered), lambda: tempered)
 
-    def gumbel(seed: jax.Array, counter: jax.Array) -> jax.Array:
+    def gumbel(seed: Rows, counter: Rows) -> jax.Array:
         key = jax.random.fold_in(jax.random.key(seed), counter)
         return jax.random.gumbel(key, (logits.shape[-1],), jnp.float32)
 

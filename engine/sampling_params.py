@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, NoReturn
 
 from engine import request_limits as lim
 from engine.request_errors import RequestValidationError
@@ -106,7 +106,7 @@ class SamplingParams:
             _check_float("logit_bias", value, -lim.MAX_LOGIT_BIAS, lim.MAX_LOGIT_BIAS, what="bias")
 
     def _check_bias_row(self, num_eos_ids: int) -> None:
-        suppressed = num_eos_ids + len(self.stop_token_ids) if self.min_tokens else 0
+        suppressed = num_eos_ids + len(self.stop_token_ids or ()) if self.min_tokens else 0
         entries = len(self.logit_bias or {})
         if entries + suppressed > lim.MAX_BIAS_ROW_ENTRIES:
             _bad("logit_bias", f"must have at most {lim.MAX_BIAS_ROW_ENTRIES - suppressed} entries with these "
@@ -145,7 +145,7 @@ class SamplingParams:
         return cls(**fields)
 
 
-def _bad(name: str, why: str, value: Any) -> None:
+def _bad(name: str, why: str, value: Any) -> NoReturn:
     shown = repr(value)
     if len(shown) > 80:
         shown = shown[:77] + "..."

@@ -65,7 +65,7 @@ class Scheduler:
 
     def complete(self, batch: ScheduledBatch) -> None:
         """Records the step's computed tokens: registers full blocks, forks waiting samples."""
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
             if seq.is_finished:
                 continue  # ended while this step ran (overlap): its blocks are already free
             seq.num_computed_tokens += n
@@ -91,8 +91,14 @@ class Scheduler:
 
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch([], [])
-        budget = self.max_num_batched_tokens
-        preempted = False
+        budget = self._schedule_running(batch, self.max_num_batched_tokens)
+        if not batch.num_preempted:  # blocks ran short: admit nothing new this step
+            self._admit_waiting(batch, budget)
+        return batch
+
+    def _schedule_running(self, batch: ScheduledBatch, budget: int) -> int:
+        """Adds the running sequences, oldest first, preempting the newest when blocks run out;
+        returns the token budget left."""
         for seq in list(self.running):
             if budget == 0:
                 break
@@ -101,21 +107,29 @@ class Scheduler:
             if seq.num_pending and seq.num_output_tokens >= seq.max_tokens:
                 continue  # its pending token is its last: it ends once that token is read back
             n = min(seq.remaining_to_compute(), budget)
-            while not self.block_manager.can_allocate(self.block_manager.blocks_needed(seq, n)):
-                victim = self.running[-1]
-                self._preempt(victim)
-                preempted = True
-                batch.num_preempted += 1
-                if victim is seq:
-                    break
-            if seq.status is not SequenceStatus.RUNNING:
+            if not self._make_room(seq, n, batch):
                 continue
             batch.copies += self.block_manager.allocate(seq, n)
             batch.seqs.append(seq)
             batch.num_new_tokens.append(n)
             budget -= n
+        return budget
+
+    def _make_room(self, seq: Sequence, n: int, batch: ScheduledBatch) -> bool:
+        """Preempts the newest running sequences until ``n`` more tokens of ``seq`` fit; False
+        when ``seq`` itself had to go."""
+        while not self.block_manager.can_allocate(self.block_manager.blocks_needed(seq, n)):
+            victim = self.running[-1]
+            self._preempt(victim)
+            batch.num_preempted += 1
+            if victim is seq:
+                return False
+        return True
+
+    def _admit_waiting(self, batch: ScheduledBatch, budget: int) -> None:
+        """Admits waiting sequences in order while the budget, max_num_seqs and the free blocks allow."""
         for seq in list(self.waiting):
-            if budget == 0 or preempted or len(self.running) >= self.max_num_seqs:
+            if budget == 0 or len(self.running) >= self.max_num_seqs:
                 break
             if seq.awaiting_fork:
                 continue  # admitted once its parent's prompt is computed
@@ -139,4 +153,3 @@ class Scheduler:
             batch.seqs.append(seq)
             batch.num_new_tokens.append(n)
             budget -= n
-        return batch

@@ -25,6 +25,7 @@ from engine.args import describe, parse_args
 from engine.core.process import CoreProcess, CoreSpec, CoreStartError
 from engine.core.served_model import ServedModel
 from engine.core.transport import CoreAddresses
+from engine.environment import configure_process
 from engine.launch import build_engine, configure_logging, follow, is_follower, release_followers
 from server.api_server import ApiServerSpec, api_server_main, listening_socket, run_api_server
 from server.app import tessera_version
@@ -96,16 +97,21 @@ def _serve_http(args: argparse.Namespace, core: CoreProcess, model: ServedModel,
     for process in others:
         process.start()
 
-    drained: set[int] = set()
+    terminated = False
 
     def drain_others() -> None:
-        for i, process in enumerate(others):
-            if process.is_alive() and i not in drained:  # once: a second SIGTERM would kill it mid-exit
-                drained.add(i)
-                process.terminate()  # SIGTERM: each drains its own requests
+        """SIGTERM, once: each drains its own requests. A second one could reach a server that has
+        drained and put back the default handler, and kill it (exit code -15)."""
+        nonlocal terminated
+        if terminated:
+            return
+        terminated = True
+        for process in others:
+            if process.is_alive():
+                process.terminate()
 
     code = run_api_server(specs[0], sock, core.is_alive, on_signal=drain_others)
-    drain_others()
+    drain_others()  # when this server stopped without a signal (its core died)
     for process in others:
         process.join(args.graceful_shutdown_timeout + STOP_GRACE_S)
         if process.is_alive():
@@ -125,6 +131,7 @@ def _per_server(max_pending: int, count: int) -> int:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m engine.serve") -> int:
+    configure_process()  # before anything loads transformers or touches a JAX device
     args = parse_args(argv, prog)
     configure_logging()
     try:

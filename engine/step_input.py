@@ -7,7 +7,7 @@ layout on every process); meta fields are static and part of the pytree's struct
 compiles one program per (leaf shapes, meta) and nothing else keys the cache.
 
 Layout: token rows ``[dp * T]`` and sequence rows ``[dp * S]``, replica ``r`` owning the
-``r``-th equal slice of each (sharding/data_parallel.py).
+``r``-th equal slice of each (engine/data_parallel.py).
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ jax.tree_util.register_dataclass(StepInput, data_fields=list(DATA_FIELDS), meta_
 
 def empty_sampling(rows: int, bias_width: int = 0, history_width: int = 0) -> SamplingTensors:
     """Sampler settings of ``rows`` padding rows (greedy, no bias, no history)."""
-    columns = {name: np.full(rows, value, dtype) for (name, dtype), value in zip(_SETTING_COLUMNS, SAMPLING_PADDING)}
+    columns = {name: np.full(rows, value, dtype)
+               for (name, dtype), value in zip(_SETTING_COLUMNS, SAMPLING_PADDING, strict=True)}
     return SamplingTensors(
         **columns, bias_ids=np.full((rows, bias_width), -1, np.int32),
         bias_values=np.zeros((rows, bias_width), np.float32),

@@ -35,7 +35,7 @@ class StopChecker:
         min_tokens needs no check here: the sampler masks eos and stop ids until it is reached.
         """
         p = self.params
-        if token in p.stop_token_ids:
+        if token in (p.stop_token_ids or ()):
             return "stop", token
         if token in self.eos_token_ids and not p.ignore_eos:
             return "stop", None

@@ -3,6 +3,10 @@
 Two sources: an HF model directory (tokenizer files + ``generation_config.json``) or a GGUF
 file, whose metadata carries a byte-level BPE vocabulary, its merges, the pre-tokenizer name,
 token types and the chat template; from those we build an equivalent ``tokenizers.Tokenizer``.
+``load_tokenizer`` is what the model loader calls for either (models/loaders/load.py).
+
+transformers takes a second to import, and reads its verbosity then: it is imported when a
+tokenizer is built, after the process settings are in place (engine/environment.py).
 """
 
 from __future__ import annotations
@@ -10,13 +14,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as RustTokenizer
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from models.loaders.gguf_loader import GGUFModel, TokenizerParts
 
 Message = dict[str, Any]
@@ -49,6 +54,8 @@ class Tokenizer:
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
         """An HF model directory; stop ids are the tokenizer's eos plus generation_config.json's."""
+        from transformers import AutoTokenizer
+
         path = Path(path)
         hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         generation = _read_json(path / "generation_config.json")
@@ -61,6 +68,8 @@ class Tokenizer:
     @classmethod
     def from_gguf(cls, gguf_model: GGUFModel) -> Tokenizer:
         """Builds the tokenizer a GGUF file describes (byte-level BPE, ``tokenizer.ggml.model == "gpt2"``)."""
+        from transformers import PreTrainedTokenizerFast
+
         parts = gguf_model.tokenizer_parts
         backend = _byte_level_bpe(parts, str(gguf_model.path))
 
@@ -92,9 +101,8 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         # No clean-up of spaces: it is not concatenative, so incremental output would drift.
-        return self.hf.decode(
-            list(ids), skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False
-        )
+        text = self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False)
+        return cast(str, text)  # one list of ids: one string
 
     def decode_each(self, ids: Sequence[int]) -> list[str]:
         """Each id's own text (special tokens included), in one call: logprob alternatives."""
@@ -117,13 +125,25 @@ class Tokenizer:
         """Renders a conversation to prompt text (encode it with ``add_special_tokens=False``)."""
         if chat_template is None and not self.hf.chat_template:
             raise ValueError("this tokenizer has no chat template; pass chat_template=")
-        return self.hf.apply_chat_template(
+        text = self.hf.apply_chat_template(
             list(messages),
             add_generation_prompt=add_generation_prompt,
             chat_template=chat_template,
             tokenize=False,
             **kwargs,
         )
+        return cast(str, text)  # one conversation, tokenize=False: one string
+
+
+def load_tokenizer(source: Path | GGUFModel) -> Tokenizer:
+    """The tokenizer of an HF model directory or a GGUF file (a path, or the file already read)."""
+    if not isinstance(source, Path):
+        return Tokenizer.from_gguf(source)
+    if source.suffix == ".gguf":
+        from models.loaders.gguf_loader import read_gguf
+
+        return Tokenizer.from_gguf(read_gguf(source))
+    return Tokenizer.from_dir(source)
 
 
 class IncrementalDetokenizer:
@@ -196,7 +216,7 @@ def _byte_level_bpe(parts: TokenizerParts, source: str) -> RustTokenizer:
         (tok if kind in added else _byte_level_spelling(tok)): i
         for i, (tok, kind) in enumerate(zip(parts.tokens, types, strict=True))
     }
-    merges = [tuple(m.split(" ", 1)) for m in parts.merges]
+    merges = cast(list[tuple[str, str]], [tuple(m.split(" ", 1)) for m in parts.merges])  # "left right" lines
     tk = RustTokenizer(
         models.BPE(vocab=vocab, merges=merges, ignore_merges=parts.pre == "llama-bpe")
     )
@@ -204,7 +224,7 @@ def _byte_level_bpe(parts: TokenizerParts, source: str) -> RustTokenizer:
         tk.normalizer = normalizers.NFC()
     tk.pre_tokenizer = _pre_tokenizer(parts.pre, source)
     tk.decoder = decoders.ByteLevel()
-    typed = list(zip(parts.tokens, types))
+    typed = list(zip(parts.tokens, types, strict=True))
     tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, k in typed if k == _CONTROL])
     tk.add_tokens([AddedToken(t, special=False, normalized=False) for t, k in typed if k == _USER_DEFINED])
     template = _special_template(parts)

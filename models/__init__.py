@@ -1,6 +1,5 @@
-"""Pure Flax decoder-only language models and their weight loaders."""
+"""Pure Flax decoder-only language models and their weight loaders.
 
-from models.config import ModelConfig
-from models.registry import SUPPORTED_ARCHITECTURES, build_model
-
-__all__ = ["ModelConfig", "SUPPORTED_ARCHITECTURES", "build_model"]
+Import what you need from its module (``models.config``, ``models.registry``, ``models.loaders``):
+the package itself loads nothing.
+"""

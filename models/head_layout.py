@@ -58,14 +58,14 @@ def plan_head_layout(num_heads: int, num_kv_heads: int, shards: int) -> HeadLayo
     if num_heads % num_kv_heads:
         raise ValueError(f"{num_heads} query heads are not a multiple of {num_kv_heads} kv heads")
     group = num_heads // num_kv_heads
-    best: tuple[int, int, int, int] | None = None  # (kv heads, q heads, new group, copies)
-    for new_group in range(group, 0, -1):
+
+    def candidate(new_group: int) -> tuple[int, int, int, int]:  # (kv heads, q heads, new group, copies)
         copies = -(-group // new_group)
         kv = -(-num_kv_heads * copies // shards) * shards
-        candidate = (kv, kv * new_group, new_group, copies)
-        if best is None or candidate[:2] < best[:2]:
-            best = candidate
-    kv_total, _, new_group, copies = best
+        return kv, kv * new_group, new_group, copies
+
+    # the fewest heads; among equals the largest group (min keeps the first)
+    kv_total, _, new_group, copies = min((candidate(g) for g in range(group, 0, -1)), key=lambda c: c[:2])
     kv_source: list[int] = []
     q_source: list[int] = []
     for kv_head in range(num_kv_heads):

@@ -6,6 +6,10 @@ Layers are unrolled in Python and each owns its K/V pools, so the jitted step up
 pool in place (a cache carried through ``lax.scan`` gets copied; see docs/architecture.md).
 ``LLAMA_WEIGHTS`` declares every parameter the modules below create, under all its names.
 The attention backend's step plan is built once per step here and shared by every layer.
+
+Each block runs under a ``jax.named_scope`` (embed, attention_plan, layer_i, attention with its
+rope and paged_attention, mlp, final_norm, lm_head), so a profile names the ops as this code does,
+whatever Flax adds of its own (module names, with ``flax_profile`` on).
 """
 
 from __future__ import annotations
@@ -96,10 +100,12 @@ class Attention(nn.Module):
             q = RMSNorm(c.rms_norm_eps, dt, name="q_norm")(q)
             k = RMSNorm(c.rms_norm_eps, dt, name="k_norm")(k)
         inv_freq = inverse_frequencies(c.head_dim, c.rope_theta, c.rope_scaling_dict)
-        q = apply_rope(q, positions, inv_freq)
-        k = apply_rope(k, positions, inv_freq)
+        with jax.named_scope("rope"):
+            q = apply_rope(q, positions, inv_freq)
+            k = apply_rope(k, positions, inv_freq)
         spec = AttentionSpec(scale=c.head_dim**-0.5, sliding_window=c.sliding_window)
-        out, k_cache, v_cache = self.backend.write_and_attend(q, k, v, *cache, plan, spec)
+        with jax.named_scope("paged_attention"):
+            out, k_cache, v_cache = self.backend.write_and_attend(q, k, v, *cache, plan, spec)
         out = _dense(c.hidden_size, dt, "o_proj")(out.reshape(tokens, c.num_heads * c.head_dim))
         return out, (k_cache, v_cache)
 
@@ -124,11 +130,13 @@ class DecoderLayer(nn.Module):
         self, x: jax.Array, positions: jax.Array, cache: KVCache, plan: StepPlan
     ) -> tuple[jax.Array, KVCache]:
         c = self.config
-        h, cache = Attention(c, self.backend, name="self_attn")(
-            RMSNorm(c.rms_norm_eps, c.jnp_dtype, name="input_layernorm")(x), positions, cache, plan
-        )
-        x = x + h
-        x = x + MLP(c, name="mlp")(RMSNorm(c.rms_norm_eps, c.jnp_dtype, name="post_attention_layernorm")(x))
+        with jax.named_scope("attention"):
+            h, cache = Attention(c, self.backend, name="self_attn")(
+                RMSNorm(c.rms_norm_eps, c.jnp_dtype, name="input_layernorm")(x), positions, cache, plan
+            )
+            x = x + h
+        with jax.named_scope("mlp"):
+            x = x + MLP(c, name="mlp")(RMSNorm(c.rms_norm_eps, c.jnp_dtype, name="post_attention_layernorm")(x))
         return x, cache
 
 
@@ -153,15 +161,19 @@ class CausalLM(nn.Module):
         kv_caches: list[KVCache],
         md: AttentionMetadata,
     ) -> tuple[jax.Array, list[KVCache]]:
-        x = self.embed_tokens(input_ids)
+        with jax.named_scope("embed"):
+            x = self.embed_tokens(input_ids)
         c = self.config
         shape = AttentionShape.of((input_ids.shape[0], c.num_heads, c.head_dim), kv_caches[0][0].shape)
-        plan = self.backend.prepare(md, shape)
+        with jax.named_scope("attention_plan"):
+            plan = self.backend.prepare(md, shape)
         new_caches = []
-        for layer, cache in zip(self.layers, kv_caches, strict=True):
-            x, cache = layer(x, positions, cache, plan)
+        for i, (layer, cache) in enumerate(zip(self.layers, kv_caches, strict=True)):
+            with jax.named_scope(f"layer_{i}"):
+                x, cache = layer(x, positions, cache, plan)
             new_caches.append(cache)
-        return self.norm(x), new_caches
+        with jax.named_scope("final_norm"):
+            return self.norm(x), new_caches
 
     def forward_to_logits(
         self, input_ids: jax.Array, positions: jax.Array, kv_caches: list[KVCache], md: AttentionMetadata
@@ -171,8 +183,6 @@ class CausalLM(nn.Module):
         return self.logits(hidden)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
-        if self.config.tie_word_embeddings:
-            out = self.embed_tokens.attend(hidden)
-        else:
-            out = self.lm_head(hidden)
-        return out.astype(jnp.float32)
+        with jax.named_scope("lm_head"):
+            out = self.embed_tokens.attend(hidden) if self.config.tie_word_embeddings else self.lm_head(hidden)
+            return out.astype(jnp.float32)

@@ -1,1 +1,4 @@
-"""Device operators: paged attention backends (``ops.attention``) and the KV-cache write."""
+"""Device operators: paged attention backends (``ops.attention``) and the KV-cache write.
+
+Import what you need from its module: the package itself loads nothing.
+"""

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +65,8 @@ class CpuAttention(AttentionBackend[StepPlan]):
     ) -> jax.Array:
         md = plan.md
         num_tokens = q.shape[0]
-        kw = dict(scale=spec.scale, sliding_window=spec.sliding_window, soft_cap=spec.soft_cap, config=self.config)
+        kw: dict[str, Any] = dict(scale=spec.scale, sliding_window=spec.sliding_window, soft_cap=spec.soft_cap,
+                                  config=self.config)
         starts = md.query_start_loc[:-1]
         q_lens = md.query_start_loc[1:] - starts
         token_seq = _token_sequence(md.query_start_loc, num_tokens)
@@ -100,7 +103,8 @@ def _table_entries(block_tables: jax.Array, seq: jax.Array, chunk: jax.Array, bl
     return block_tables[seq[..., None], col]
 
 
-def _decode_attention(q, k_cache, v_cache, md, *, scale, sliding_window, soft_cap, config) -> jax.Array:
+def _decode_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, md: AttentionMetadata, *, scale: float,
+                      sliding_window: int | None, soft_cap: float | None, config: CpuAttentionConfig) -> jax.Array:
     """Per-sequence outputs ``[S, heads, head_dim]`` for sequences with one new token (others: 0)."""
     num_tokens, num_heads, head_dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
@@ -122,7 +126,8 @@ def _decode_attention(q, k_cache, v_cache, md, *, scale, sliding_window, soft_ca
     queries = q[jnp.minimum(starts, num_tokens - 1)].astype(jnp.float32) * scale
     queries = queries.reshape(num_seqs, kv_heads, group, head_dim)
 
-    def body(carry):
+    def body(carry: tuple[jax.Array, jax.Array, jax.Array, jax.Array]
+             ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         it, run_max, run_sum, acc = carry
         item = it * pairs + jnp.arange(pairs, dtype=jnp.int32)
         live = item < total
@@ -156,7 +161,8 @@ def _decode_attention(q, k_cache, v_cache, md, *, scale, sliding_window, soft_ca
     return out.reshape(num_seqs, num_heads, head_dim)
 
 
-def _prefill_attention(q, k_cache, v_cache, md, *, scale, sliding_window, soft_cap, config) -> jax.Array:
+def _prefill_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, md: AttentionMetadata, *, scale: float,
+                       sliding_window: int | None, soft_cap: float | None, config: CpuAttentionConfig) -> jax.Array:
     """Outputs ``[T, heads, head_dim]`` for tokens of sequences with two or more new tokens."""
     num_tokens, num_heads, head_dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
@@ -173,7 +179,7 @@ def _prefill_attention(q, k_cache, v_cache, md, *, scale, sliding_window, soft_c
     q_padded = jnp.concatenate([q, jnp.zeros((block_q, num_heads, head_dim), q.dtype)])
     out0 = jnp.zeros((num_tokens + block_q, num_heads, head_dim), jnp.float32)
 
-    def tile_body(carry):
+    def tile_body(carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         tile, out = carry
         seq = jnp.minimum(jnp.searchsorted(tiles_end, tile, side="right").astype(jnp.int32), num_seqs - 1)
         q_off = (tile - (tiles_end[seq] - tiles_per_seq[seq])) * block_q
@@ -207,16 +213,18 @@ def _prefill_attention(q, k_cache, v_cache, md, *, scale, sliding_window, soft_c
     return out[:num_tokens]
 
 
-def _chunk_loop(step, lo: jax.Array, hi: jax.Array, state: tuple) -> tuple:
+def _chunk_loop(step: Callable[[jax.Array, Any], Any], lo: jax.Array, hi: jax.Array, state: tuple) -> tuple:
     """Runs ``state = step(chunk, state)`` for chunk in [lo, hi)."""
-    def body(carry):
+    def body(carry: tuple[jax.Array, Any]) -> tuple[jax.Array, Any]:
         return carry[0] + 1, step(carry[0], carry[1])
 
     return jax.lax.while_loop(lambda c: c[0] < hi, body, (lo, state))[1]
 
 
-def _prefill_chunk(qt, k_cache, v_cache, table_row, chunk, state, *, row_pos, last_pos, blocks_per_chunk,
-                   sliding_window, soft_cap, masked: bool):
+def _prefill_chunk(qt: jax.Array, k_cache: jax.Array, v_cache: jax.Array, table_row: jax.Array, chunk: jax.Array,
+                   state: tuple[jax.Array, jax.Array, jax.Array], *, row_pos: jax.Array, last_pos: jax.Array,
+                   blocks_per_chunk: int, sliding_window: int | None, soft_cap: float | None,
+                   masked: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One online-softmax step of a query tile over one key chunk (flash attention).
 
     Unmasked chunks lie wholly before every row's position and inside every row's window.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +42,7 @@ def make_case(
     num_kv_heads: int,
     head_dim: int,
     block_size: int,
-    dtype=jnp.float32,
+    dtype: Any = jnp.float32,
     pad_tokens: int = 0,
     spare_blocks: int = 3,
     extra_table_width: int = 1,
@@ -53,7 +54,7 @@ def make_case(
     a random order; ``pad_tokens`` padded tokens follow the real ones.
     """
     assert len(q_lens) == len(seq_lens)
-    assert all(0 <= q <= s for q, s in zip(q_lens, seq_lens))
+    assert all(0 <= q <= s for q, s in zip(q_lens, seq_lens, strict=True))
     rng = np.random.default_rng(seed)
     need = [-(-s // block_size) for s in seq_lens]
     width = max(max(need), 1) + extra_table_width
@@ -87,7 +88,7 @@ def make_case(
     k_new = np.zeros((num_tokens, num_kv_heads, head_dim), np.float32)
     v_new = np.zeros_like(k_new)
     t = 0
-    for i, (ql, s) in enumerate(zip(q_lens, seq_lens)):
+    for i, (ql, s) in enumerate(zip(q_lens, seq_lens, strict=True)):
         for j in range(ql):
             pos = s - ql + j
             blk, off = table[i, pos // block_size], pos % block_size
@@ -112,7 +113,7 @@ def make_case(
     )
 
 
-def relative_error(out: jax.Array, ref: jax.Array) -> float:
+def relative_error(out: jax.typing.ArrayLike, ref: jax.typing.ArrayLike) -> float:
     out64 = np.asarray(out, np.float64)
     ref64 = np.asarray(ref, np.float64)
     return float(np.linalg.norm(out64 - ref64) / max(np.linalg.norm(ref64), 1e-30))

@@ -10,6 +10,8 @@ the layers of a model.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -25,6 +27,22 @@ TILE_FIELDS = 4
 # Finite "minus infinity" for masked logits (in log2 units): exp2(MASKED - m) underflows to 0 for
 # any real m, and a row that has seen only masked keys keeps finite m and l (no inf - inf).
 MASKED = -1.0e30
+LOG2E = math.log2(math.e)  # the kernels keep scores in log2 units and exponentiate with exp2
+
+
+def log2_scores(s: jax.Array, scale: float, soft_cap: float | None) -> jax.Array:
+    """Raw ``q . k`` scores in log2 units, soft-capped (``soft_cap * tanh(s / soft_cap)``) when asked."""
+    if soft_cap is None:
+        return s * (scale * LOG2E)
+    return jnp.tanh(s * (scale / soft_cap)) * (soft_cap * LOG2E)
+
+
+def visible_keys(kpos: jax.Array, q_pos: jax.Array, kv_end: jax.Array, sliding_window: int | None) -> jax.Array:
+    """Whether each query sees each key: causal, inside the context and inside the sliding window."""
+    seen = (kpos <= q_pos) & (kpos < kv_end)
+    if sliding_window is not None:
+        seen &= kpos > q_pos - sliding_window
+    return seen
 
 
 def max_query_tiles(num_tokens: int, num_seqs: int, block_q: int) -> int:
@@ -101,7 +119,7 @@ def kv_chunk_bounds(
     return lo, jnp.clip(free_lo, lo, hi), jnp.clip(free_hi, lo, hi), hi
 
 
-def split_range(lo: jax.Array, hi: jax.Array, split: jax.Array, num_splits: int):
+def split_range(lo: jax.Array, hi: jax.Array, split: jax.Array, num_splits: int) -> tuple[jax.Array, jax.Array]:
     """This split's even share ``[a, b)`` of the chunk range ``[lo, hi)``."""
     if num_splits == 1:
         return lo, hi
@@ -110,10 +128,10 @@ def split_range(lo: jax.Array, hi: jax.Array, split: jax.Array, num_splits: int)
     return a, jnp.minimum(a + per, hi)
 
 
-def combine_splits(out: jax.Array, m: jax.Array, l: jax.Array) -> jax.Array:
+def combine_splits(out: jax.Array, m: jax.Array, row_sum: jax.Array) -> jax.Array:
     """Merges per-split normalized outputs ``[splits, ..., d]`` with their log2-max and sum."""
     m_all = jnp.max(m, axis=0)
-    weight = jnp.exp2(m - m_all[None]) * l
+    weight = jnp.exp2(m - m_all[None]) * row_sum
     total = jnp.sum(weight, axis=0)
     merged = jnp.sum(out * weight[..., None], axis=0)
     return merged / jnp.where(total > 0, total, 1.0)[..., None]

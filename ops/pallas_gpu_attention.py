@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +30,6 @@ from ops.attention_backend import AttentionBackend, AttentionShape, AttentionSpe
 from ops.attention_metadata import AttentionMetadata, StepPlan
 from ops.reference_attention import ReferenceAttention
 
-LOG2E = math.log2(math.e)
 # The Triton lowering runs f32 dots as TF32 unless asked for full precision (no effect on bf16).
 EXACT = jax.lax.Precision.HIGHEST
 
@@ -77,12 +76,13 @@ def supported(shape: AttentionShape) -> bool:
 
 
 def _kernel(
-    tiles_ref, bt_ref, q_ref, k_ref, v_ref, o_ref, *stat_refs,
+    tiles_ref: Any, bt_ref: Any, q_ref: Any, k_ref: Any, v_ref: Any, o_ref: Any, *stat_refs: Any,
     rows: int, small_rows: int, group: int, num_heads: int, block_q: int, block_k: int,
     small_block_k: int, block_size: int, bt_width: int, num_splits: int, rows_total: int,
     head_dim: int, scale: float,
     soft_cap: float | None, sliding_window: int | None,
-):
+) -> None:
+    """One query tile for one kv head (and one key split); the refs are Pallas memory references."""
     # Tiles run last-first: a sequence's later tiles see more keys, so under causal masking
     # the longest programs start first and the short ones fill the tail.
     tile = pl.num_programs(0) - 1 - pl.program_id(0)
@@ -103,8 +103,9 @@ def _kernel(
         q = plgpu.load(q_ref.at[qrow[:, None], col], mask=row_ok[:, None], other=0)
         q_pos = first_pos + tok
 
-        def step(c, carry, masked: bool):
-            acc, m, l = carry
+        def step(c: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array],
+                 masked: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+            acc, m, row_sum = carry
             kpos = c * block_k + jax.lax.broadcasted_iota(jnp.int32, (block_k,), 0)
             blk = bt_ref[seq * bt_width + kpos // block_size]
             slot = blk * block_size + kpos % block_size
@@ -114,15 +115,9 @@ def _kernel(
                 v = plgpu.load(v_ref.at[slot[:, None], col], mask=key_ok, other=0)
             else:
                 k, v = k_ref[slot[:, None], col], v_ref[slot[:, None], col]
-            s = plgpu.dot(q, k, trans_b=True, precision=EXACT)
-            if soft_cap is None:
-                s = s * (scale * LOG2E)
-            else:
-                s = jnp.tanh(s * (scale / soft_cap)) * (soft_cap * LOG2E)
+            s = pc.log2_scores(plgpu.dot(q, k, trans_b=True, precision=EXACT), scale, soft_cap)
             if masked:
-                seen = (kpos[None, :] <= q_pos[:, None]) & (kpos[None, :] < kv_end)
-                if sliding_window is not None:
-                    seen &= kpos[None, :] > q_pos[:, None] - sliding_window
+                seen = pc.visible_keys(kpos[None, :], q_pos[:, None], kv_end, sliding_window)
                 # Masked logits are set after scaling, to exactly MASKED: a row that has seen
                 # nothing yet then gets exp2(MASKED - MASKED) = 1 (wiped by alpha = 0 at its
                 # first real key), never exp2 of a rounding residual of MASKED * scale.
@@ -130,9 +125,9 @@ def _kernel(
             m_new = jnp.maximum(m, jnp.max(s, axis=1))
             alpha = jnp.exp2(m - m_new)
             p = jnp.exp2(s - m_new[:, None])
-            l = l * alpha + jnp.sum(p, axis=1)
+            row_sum = row_sum * alpha + jnp.sum(p, axis=1)
             acc = acc * alpha[:, None] + plgpu.dot(p.astype(v.dtype), v, precision=EXACT)
-            return acc, m_new, l
+            return acc, m_new, row_sum
 
         lo, free_lo, free_hi, hi = pc.kv_chunk_bounds(first_pos, count, block_k, sliding_window)
         a, b = pc.split_range(lo, hi, split, num_splits)
@@ -148,13 +143,13 @@ def _kernel(
         carry = jax.lax.fori_loop(
             jnp.maximum(free_lo, a), jnp.minimum(free_hi, b), free_step, carry
         )
-        acc, m, l = jax.lax.fori_loop(jnp.maximum(free_hi, a), b, masked_step, carry)
-        out = acc / jnp.where(l > 0, l, 1.0)[:, None]
+        acc, m, row_sum = jax.lax.fori_loop(jnp.maximum(free_hi, a), b, masked_step, carry)
+        out = acc / jnp.where(row_sum > 0, row_sum, 1.0)[:, None]
         plgpu.store(o_ref.at[qrow[:, None], col], out.astype(o_ref.dtype), mask=row_ok[:, None])
         if stat_refs:
             m_ref, l_ref = stat_refs
             plgpu.store(m_ref.at[qrow], m, mask=row_ok)
-            plgpu.store(l_ref.at[qrow], l, mask=row_ok)
+            plgpu.store(l_ref.at[qrow], row_sum, mask=row_ok)
 
     if small_rows < rows:
         # A tile holding a single decode token needs only `small_rows` MMA rows: don't pay

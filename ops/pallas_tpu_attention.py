@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,16 +32,17 @@ from ops import pallas_common as pc
 from ops.attention_backend import AttentionBackend, AttentionShape, AttentionSpec
 from ops.attention_metadata import AttentionMetadata, StepPlan
 
-LOG2E = math.log2(math.e)
 TARGET_ROWS = 128  # MXU rows of a prefill tile
 PAGES_PER_CHUNK = 8
 
 
 def _kernel(
-    tiles_ref, bt_ref, q_ref, k_hbm, v_hbm, o_ref, k_buf, v_buf, sems,
+    tiles_ref: Any, bt_ref: Any, q_ref: Any, k_hbm: Any, v_hbm: Any, o_ref: Any, k_buf: Any, v_buf: Any, sems: Any,
     group: int, pages: int, block_size: int, bt_width: int, scale: float,
     soft_cap: float | None, sliding_window: int | None,
-):
+) -> None:
+    """One query tile of one sequence; the refs are Pallas memory references (SMEM tables, VMEM
+    blocks and buffers, HBM pools, DMA semaphores)."""
     tile = pl.program_id(0)
     seq = tiles_ref[tile * pc.TILE_FIELDS + pc.TILE_SEQ]
     count = tiles_ref[tile * pc.TILE_FIELDS + pc.TILE_COUNT]
@@ -50,7 +51,7 @@ def _kernel(
     chunk_keys = pages * block_size
     num_kv_heads, rows, head_dim = q_ref.shape
 
-    def copies(chunk, slot):
+    def copies(chunk: jax.Array | int, slot: jax.Array | int) -> list[Any]:
         out = []
         for i in range(pages):
             # Entries past the sequence's last block are unspecified: keep the DMA in bounds.
@@ -65,51 +66,46 @@ def _kernel(
     q_pos = first_pos + tok
 
     @pl.when(lo < hi)
-    def _():
+    def _start_first_chunk() -> None:
         for c in copies(lo, 0):
             c.start()
 
-    def step(chunk, carry):
-        acc, m, l = carry
+    def step(chunk: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]
+             ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        acc, m, row_sum = carry
         slot = (chunk - lo) % 2
         for c in copies(chunk, slot):
             c.wait()
 
         @pl.when(chunk + 1 < hi)
-        def _():
+        def _prefetch_next_chunk() -> None:
             for c in copies(chunk + 1, 1 - slot):
                 c.start()
 
         k = k_buf[slot].reshape(chunk_keys, num_kv_heads, head_dim)
         v = v_buf[slot].reshape(chunk_keys, num_kv_heads, head_dim)
         kpos = chunk * chunk_keys + jax.lax.broadcasted_iota(jnp.int32, (rows, chunk_keys), 1)
-        seen = (kpos <= q_pos) & (kpos < kv_end)
-        if sliding_window is not None:
-            seen &= kpos > q_pos - sliding_window
+        seen = pc.visible_keys(kpos, q_pos, kv_end, sliding_window)
         # Slots past the context may hold anything (NaN included): zero their V so that
         # 0-probability x garbage cannot poison the sum.
         key_ok = (kpos[:1, :] < kv_end).reshape(chunk_keys, 1, 1)
         v = jnp.where(key_ok, v, jnp.zeros((), v.dtype))
-        s = jnp.einsum("hrd,nhd->hrn", q, k, preferred_element_type=jnp.float32)
-        if soft_cap is None:
-            s = s * (scale * LOG2E)
-        else:
-            s = jnp.tanh(s * (scale / soft_cap)) * (soft_cap * LOG2E)
+        s = pc.log2_scores(jnp.einsum("hrd,nhd->hrn", q, k, preferred_element_type=jnp.float32), scale, soft_cap)
         s = jnp.where(seen[None], s, pc.MASKED)
         m_new = jnp.maximum(m, jnp.max(s, axis=-1, keepdims=True))
         alpha = jnp.exp2(m - m_new)
         p = jnp.exp2(s - m_new)
-        l = l * alpha + jnp.sum(p, axis=-1, keepdims=True)
+        row_sum = row_sum * alpha + jnp.sum(p, axis=-1, keepdims=True)
         pv = jnp.einsum("hrn,nhd->hrd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-        return acc * alpha + pv, m_new, l
+        return acc * alpha + pv, m_new, row_sum
 
     carry = (
         jnp.zeros((num_kv_heads, rows, head_dim), jnp.float32),
         jnp.full((num_kv_heads, rows, 1), pc.MASKED, jnp.float32),
         jnp.zeros((num_kv_heads, rows, 1), jnp.float32),
     )
-    acc, _, l = jax.lax.fori_loop(lo, hi, step, carry)
-    o_ref[...] = (acc / jnp.where(l > 0, l, 1.0)).astype(o_ref.dtype)
+    acc, _, row_sum = jax.lax.fori_loop(lo, hi, step, carry)
+    o_ref[...] = (acc / jnp.where(row_sum > 0, row_sum, 1.0)).astype(o_ref.dtype)
 
 
 @struct.dataclass

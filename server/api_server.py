@@ -26,6 +26,7 @@ from engine.core.client import pid_alive
 from engine.core.process import die_with_parent
 from engine.core.served_model import ServedModel
 from engine.core.transport import CoreAddresses
+from engine.environment import configure_process
 from server.app import build_app
 from server.engine_loop import EngineLoop
 from server.metrics import ServerMetrics
@@ -144,7 +145,9 @@ def run_api_server(spec: ApiServerSpec, sock: socket.socket, core_alive: Callabl
     config = uvicorn.Config(under_root_path(build_app(engine_loop, spec.settings), root), log_config=None,
                             log_level=spec.uvicorn_log_level, root_path=root, ssl_keyfile=spec.ssl_keyfile,
                             ssl_certfile=spec.ssl_certfile, ssl_ca_certs=spec.ssl_ca_certs,
-                            timeout_graceful_shutdown=spec.graceful_shutdown_timeout + STREAM_CLOSE_MARGIN_S)
+                            # uvicorn annotates int but waits with asyncio: fractions of a second work
+                            timeout_graceful_shutdown=spec.graceful_shutdown_timeout + STREAM_CLOSE_MARGIN_S,  # type: ignore[arg-type]
+                            )
     server = _Server(config, spec.graceful_shutdown_timeout, lambda: engine_loop.end_all(SHUTDOWN_MESSAGE))
     server.on_signal = on_signal
     if spec.index > 0:
@@ -160,6 +163,7 @@ def run_api_server(spec: ApiServerSpec, sock: socket.socket, core_alive: Callabl
 def api_server_main(spec: ApiServerSpec, core_pid: int, parent_pid: int) -> None:
     """The entry point of API servers 1..N-1 (spawned by ``engine.serve``)."""
     die_with_parent(parent_pid)
+    configure_process()
     if spec.setup_logging is not None:
         spec.setup_logging()
     sock = listening_socket(spec.host, spec.port, reuse_port=True)

@@ -7,7 +7,7 @@ import asyncio
 import hmac
 import importlib.metadata
 import logging
-from typing import Any
+from typing import Any, Literal, cast
 
 from litestar import Litestar, Request, Response, get, post
 from litestar.config.cors import CORSConfig
@@ -15,6 +15,7 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.handlers import BaseRouteHandler
 from litestar.params import FromPath, JSONBody
+from litestar.types import Method
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from engine.request_limits import MAX_BODY_BYTES
@@ -56,7 +57,7 @@ def _server(state: State) -> ServerState:
     return server
 
 
-def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
     keys = _server(connection.app.state).settings.api_keys
     if not keys:
         return
@@ -204,5 +205,7 @@ def _cors(settings: ServerSettings) -> CORSConfig | None:
     """vLLM's --allowed-origins/--allowed-methods/--allowed-headers/--allow-credentials; none: no CORS headers."""
     if not settings.allowed_origins:
         return None
-    return CORSConfig(allow_origins=settings.allowed_origins, allow_methods=settings.allowed_methods,
+    # the --allowed-methods strings as given (vLLM's flag): Litestar only echoes them back
+    methods = cast(list[Literal["*"] | Method], settings.allowed_methods)
+    return CORSConfig(allow_origins=settings.allowed_origins, allow_methods=methods,
                       allow_headers=settings.allowed_headers, allow_credentials=settings.allow_credentials)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from litestar import Litestar
@@ -14,11 +14,13 @@ from litestar import Litestar
 from engine.core.process import CoreProcess, CoreSpec
 from engine.core.served_model import ServedModel
 from engine.core.transport import CoreAddresses
-from engine.llm_engine import LLMEngine
 from server.api_server import ApiServerSpec, build_engine_loop
 from server.app import build_app
 from server.engine_loop import EngineLoop
 from server.state import ServerSettings
+
+if TYPE_CHECKING:
+    from engine.llm_engine import LLMEngine
 
 READY_TIMEOUT_S = 300.0
 
@@ -30,7 +32,8 @@ class BackgroundServer:
                  graceful_shutdown_s: float = 5.0) -> None:
         self.host = host
         config = uvicorn.Config(app, host=host, port=port, log_level=log_level, log_config=None,
-                                timeout_graceful_shutdown=graceful_shutdown_s)
+                                # uvicorn annotates int but waits with asyncio: fractions of a second work
+                                timeout_graceful_shutdown=graceful_shutdown_s)  # type: ignore[arg-type]
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
 

@@ -20,14 +20,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from engine.core.client import CoreClient
-from engine.core.messages import AbortRequests, AddRequest, Admission, CoreStatus, Hello, StepOutputs
+from engine.core.messages import AbortRequests, AddRequest, Admission, CoreStatus, Hello, SequenceDelta, StepOutputs
 from engine.core.output_processor import RequestTracker
 from engine.core.served_model import ServedModel
 from engine.core.transport import CoreAddresses
-from engine.llm_engine import EngineStats
 from engine.outputs import RequestOutput
 from engine.request_errors import RequestValidationError
 from engine.sampling_params import SamplingParams
+from engine.stats import EngineStats
 from server.metrics import ServerMetrics
 from server.stats_log import StatsLogger
 
@@ -194,29 +194,12 @@ class EngineLoop:
 
     def _on_step(self, step: StepOutputs) -> None:
         self.stats = EngineStats(*(getattr(step.stats, f.name) for f in dataclasses.fields(EngineStats)))
-        for admission in step.admissions:
-            tracked = self._tracked.get(admission.request_id)
-            if tracked is None or tracked.admitted.done():
-                continue
-            if admission.error is None:
-                tracked.admitted.set_result(None)
-            else:
-                del self._tracked[admission.request_id]
-                tracked.admitted.set_exception(_refusal(admission))
+        self._on_admissions(step.admissions)
         for failure in step.failures:
             failed = self._tracked.pop(failure.request_id, None)
             if failed is not None:
                 _fail(failed, RequestFailedError(failure.error))
-        touched: dict[str, _Tracked] = {}
-        for delta in step.deltas:
-            tracked = self._tracked.get(delta.request_id)
-            if tracked is None:
-                continue
-            if delta.scheduled_time is not None:
-                tracked.scheduled_time = delta.scheduled_time
-            if tracked.tracker.apply(delta) and self._client is not None:
-                self._client.send(AbortRequests([delta.request_id]))  # a stop string ended it here
-            touched[delta.request_id] = tracked
+        touched = self._apply_deltas(step.deltas)
         now = time.monotonic()
         for request_id, tracked in touched.items():
             out = tracked.tracker.output()
@@ -226,6 +209,32 @@ class EngineLoop:
                 del self._tracked[request_id]
         if self._stats_logger is not None:
             self._stats_logger.maybe_log(self.stats)
+
+    def _on_admissions(self, admissions: list[Admission]) -> None:
+        """Wakes each waiting ``add_request``: admitted, or refused with the engine's error."""
+        for admission in admissions:
+            tracked = self._tracked.get(admission.request_id)
+            if tracked is None or tracked.admitted.done():
+                continue
+            if admission.error is None:
+                tracked.admitted.set_result(None)
+            else:
+                del self._tracked[admission.request_id]
+                tracked.admitted.set_exception(_refusal(admission))
+
+    def _apply_deltas(self, deltas: list[SequenceDelta]) -> dict[str, _Tracked]:
+        """Feeds each request's new tokens to its tracker; returns the requests that got some."""
+        touched: dict[str, _Tracked] = {}
+        for delta in deltas:
+            tracked = self._tracked.get(delta.request_id)
+            if tracked is None:
+                continue
+            if delta.scheduled_time is not None:
+                tracked.scheduled_time = delta.scheduled_time
+            if tracked.tracker.apply(delta) and self._client is not None:
+                self._client.send(AbortRequests([delta.request_id]))  # a stop string ended it here
+            touched[delta.request_id] = tracked
+        return touched
 
     def _observe(self, tracked: _Tracked, out: RequestOutput, now: float) -> None:
         if self.metrics is None:
@@ -282,6 +291,8 @@ def _fail(tracked: _Tracked, error: RequestFailedError) -> None:
         tracked.admitted.set_exception(error)
     else:
         tracked.stream.put(error)
+
+
 def _refusal(admission: Admission) -> Exception:
     """The error of a request the core did not admit: what the engine raised, or a failure of its own."""
     if admission.status == 400:

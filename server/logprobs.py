@@ -30,7 +30,7 @@ def completion_logprobs(
 ) -> CompletionLogProbs:
     """``positions[i]`` scores ``token_ids[i]``; None (the first prompt token) has no score."""
     out = CompletionLogProbs(text_offset=[], token_logprobs=[], tokens=[], top_logprobs=[])
-    for token, position in zip(token_ids, positions):
+    for token, position in zip(token_ids, positions, strict=False):  # a missing score never fails a response
         if position is None:
             text = decode(token)
             out.token_logprobs.append(None)
@@ -51,7 +51,7 @@ def completion_logprobs(
 
 def chat_logprobs(token_ids: Sequence[int], positions: Sequence[PositionLogprobs], top_k: int) -> ChatLogprobs:
     content = []
-    for token, position in zip(token_ids, positions):
+    for token, position in zip(token_ids, positions, strict=False):  # a missing score never fails a response
         chosen = position.get(token)
         text = token_text(token, chosen)
         alternatives = sorted(

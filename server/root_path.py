@@ -22,7 +22,8 @@ def under_root_path(app: ASGIApp, root_path: str) -> ASGIApp:
                 if path == root or path.startswith(root + "/"):
                     path = path[len(root):] or "/"
             if path != scope["path"]:
-                scope = {**scope, "path": path, "raw_path": path.encode()}  # type: ignore[typeddict-item]
+                scope = scope.copy()  # the server's own scope stays as it was
+                scope["path"], scope["raw_path"] = path, path.encode()
         await app(scope, receive, send)
 
     return strip_prefix

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from engine.llm_engine import EngineStats
+from engine.stats import EngineStats
 
 logger = logging.getLogger("server.stats")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 from litestar import Request
@@ -15,8 +15,6 @@ from engine.sampling_params import SamplingParams
 from server.engine_loop import EngineLoop, RequestFailedError, RequestStream
 from server.errors import ERROR_TYPES, APIError, ClientDisconnected, from_value_error
 from server.responses import ErrorInfo, ErrorResponse
-
-T = TypeVar("T")
 
 SSE_DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -100,7 +98,7 @@ async def final_outputs(engine_loop: EngineLoop, streams: list[RequestStream]) -
     return [out for out in finals if out is not None]
 
 
-async def unless_disconnected(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
+async def unless_disconnected[T](request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
     """Runs ``work`` but cancels it, raising ClientDisconnected, if the client hangs up first."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(request))

@@ -4,6 +4,8 @@ It reads length-prefixed JSON jobs on stdin and answers each on stdout with ``{"
 ``{"error": ...}``. A template is code from the network: running it here means a template that
 loops forever or builds a huge string costs this process, which the server kills after its time
 limit, and never the server's event loop. It imports nothing from Tessera, so it starts without JAX.
+The server imports its framing (``read_frame``, ``write_frame``), so transformers is imported in
+``main`` only: importing this module loads nothing.
 """
 
 from __future__ import annotations
@@ -11,14 +13,13 @@ from __future__ import annotations
 import json
 import struct
 import sys
-from typing import Any, BinaryIO
-
-from transformers.utils.chat_template_utils import render_jinja_template
+from collections.abc import Callable
+from typing import IO, Any
 
 _HEADER = struct.Struct("!I")
 
 
-def read_frame(stream: BinaryIO) -> Any | None:
+def read_frame(stream: IO[bytes]) -> Any | None:
     header = stream.read(_HEADER.size)
     if len(header) < _HEADER.size:
         return None
@@ -26,13 +27,13 @@ def read_frame(stream: BinaryIO) -> Any | None:
     return json.loads(stream.read(size))
 
 
-def write_frame(stream: BinaryIO, payload: Any) -> None:
+def write_frame(stream: IO[bytes], payload: Any) -> None:
     data = json.dumps(payload).encode()
     stream.write(_HEADER.pack(len(data)) + data)
     stream.flush()
 
 
-def render(job: dict[str, Any]) -> dict[str, Any]:
+def render(job: dict[str, Any], render_jinja_template: Callable[..., Any]) -> dict[str, Any]:
     try:
         rendered, _ = render_jinja_template(
             conversations=[job["messages"]], tools=job.get("tools"), chat_template=job["template"],
@@ -48,11 +49,13 @@ def render(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
     sys.setrecursionlimit(2000)  # recursive macros end in RecursionError, reported as the client's error
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     write_frame(stdout, {"ready": True})
     while (job := read_frame(stdin)) is not None:
-        write_frame(stdout, render(job))
+        write_frame(stdout, render(job, render_jinja_template))
 
 
 if __name__ == "__main__":

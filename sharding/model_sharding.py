@@ -13,7 +13,7 @@ import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -88,12 +88,12 @@ class ModelSharding:
         """
         rules = self.rules
         q_entry, kv_entry = rules.q_heads, rules.kv_heads
-        if self.axis_size(q_entry) > 1 or self.axis_size(kv_entry) > 1:
-            if q_entry != kv_entry or not isinstance(q_entry, str):
-                raise ValueError(
-                    f"rules {self.rules_name!r} map q_heads -> {q_entry!r} and kv_heads -> {kv_entry!r}: "
-                    "split heads need both on the same single mesh axis (attention runs per head shard)"
-                )
+        heads_split = self.axis_size(q_entry) > 1 or self.axis_size(kv_entry) > 1
+        if heads_split and (q_entry != kv_entry or not isinstance(q_entry, str)):
+            raise ValueError(
+                f"rules {self.rules_name!r} map q_heads -> {q_entry!r} and kv_heads -> {kv_entry!r}: "
+                "split heads need both on the same single mesh axis (attention runs per head shard)"
+            )
         dims = {"vocab": config.vocab_size, "embed": config.hidden_size, "mlp": config.intermediate_size}
         for axis, size in dims.items():
             entry = getattr(rules, axis)
@@ -104,22 +104,23 @@ class ModelSharding:
                     f"(rules {self.rules_name!r} map {axis} -> {entry!r} on mesh {describe_mesh(self.mesh)}); "
                     f"use a mesh whose size divides it, or a rule set that maps {axis} elsewhere"
                 )
-        self.head_layout = plan_head_layout(config.num_heads, config.num_kv_heads, self.axis_size(q_entry))
-        if not self.head_layout.is_identity:
-            self._log_padding(config)
-        self.model_config = padded_config(config, self.head_layout)
+        layout = plan_head_layout(config.num_heads, config.num_kv_heads, self.axis_size(q_entry))
+        self.head_layout = layout
+        if not layout.is_identity:
+            self._log_padding(config, layout)
+        self.model_config = padded_config(config, layout)
         self.weights = model_family(config.architecture).weights
         return self.model_config
 
-    def _log_padding(self, config: ModelConfig) -> None:
+    def _log_padding(self, config: ModelConfig, layout: HeadLayout) -> None:
         shards = self.axis_size(self.rules.q_heads)
-        weights, kv_per_token = padding_bytes(config, self.head_layout, jnp.dtype(config.jnp_dtype).itemsize)
-        kv_share = self.head_layout.padded_kv_heads / max(shards, 1) / config.num_kv_heads
+        weights, kv_per_token = padding_bytes(config, layout, jnp.dtype(config.jnp_dtype).itemsize)
+        kv_share = layout.padded_kv_heads / max(shards, 1) / config.num_kv_heads
         logger.warning(
             "%d query / %d kv heads over %d shards need padding: %s; costs %.1f MiB more weights "
             "(%.1f MiB per device) and %d more KV-cache bytes per token (each device holds %.2fx the "
             "unsharded model's KV per token)",
-            config.num_heads, config.num_kv_heads, shards, self.head_layout.describe(), weights / 2**20,
+            config.num_heads, config.num_kv_heads, shards, layout.describe(), weights / 2**20,
             weights / shards / 2**20, kv_per_token, kv_share,
         )
 
@@ -127,7 +128,7 @@ class ModelSharding:
         """Where attention runs per head shard (``ops.head_sharded_attention``), or None."""
         if not self.splits_heads():
             return None
-        return HeadSharding(self.mesh, self.rules.q_heads)  # a single axis name (check_model)
+        return HeadSharding(self.mesh, cast(str, self.rules.q_heads))  # a single axis name (check_model)
 
     def param_sharding(self, weight: Weight, shape: tuple[int, ...]) -> NamedSharding:
         """The placement of one parameter; loaders call it before putting the tensor on device.
@@ -141,7 +142,7 @@ class ModelSharding:
             raise ValueError(f"parameter {name} has shape {shape} but logical axes {logical}")
         spec = list(self.rules.spec(logical))
         final = self.head_layout is not None and padded_shape(logical, shape, self.head_layout) == tuple(shape)
-        for dim, (size, entry) in enumerate(zip(shape, spec)):
+        for dim, (size, entry) in enumerate(zip(shape, spec, strict=True)):
             shards = self.axis_size(entry)
             if size % shards == 0:
                 continue

@@ -9,6 +9,10 @@ the same inputs in the same order, as SPMD requires. Broadcasts use
 size of the pickled meta fields), then the meta bytes and the leaves. Every process keeps its
 own buffer of the last step's sampled tokens, identical everywhere, so the overlap's on-device
 token feed needs nothing more.
+
+The engine's types stay in the engine: a step is anything shaped like ``engine.step_input.StepInput``
+(``StepPayload``), and ``follow``/``release`` take anything with a runner that replays steps
+(``ReplayingEngine``: ``LLMEngine``).
 """
 
 from __future__ import annotations
@@ -16,16 +20,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pickle
-from typing import TYPE_CHECKING
+from typing import Any, Protocol, Self
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-
-from engine.step_input import StepInput
-
-if TYPE_CHECKING:
-    from engine.llm_engine import LLMEngine
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +50,15 @@ class Copies:
     pairs: list[tuple[int, int]]  # copy-on-write (source block, destination block)
 
 
-class StepChannel:
+class StepPayload(Protocol):
+    """A step's inputs: a pytree whose leaves are arrays, plus static meta fields."""
+
+    def meta(self) -> dict[str, Any]: ...
+
+    def replace(self, **changes: Any) -> Self: ...
+
+
+class StepChannel[StepT: StepPayload]:
     """Carries each device-side action (a step, a batch of block copies) from process 0.
 
     A step is a ``StepInput``: its leaves' count, ranks and dtypes are fixed, so followers
@@ -59,9 +66,8 @@ class StepChannel:
     pickled meta fields (static switches such as the sampler mode), whatever fields it has.
     """
 
-    def __init__(self, template: StepInput) -> None:
+    def __init__(self, template: StepT) -> None:
         leaves, self._treedef = jax.tree.flatten(template)
-        self._template = template
         self._dtypes = [np.asarray(leaf).dtype for leaf in leaves]
         self._ranks = [np.ndim(leaf) for leaf in leaves]
         self._header_size = _HEADER + sum(self._ranks)
@@ -71,7 +77,7 @@ class StepChannel:
         header[0] = command
         return header
 
-    def send_step(self, inputs: StepInput) -> None:
+    def send_step(self, inputs: StepT) -> None:
         leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(inputs)]
         meta = np.frombuffer(pickle.dumps(inputs.meta()), np.uint8)
         header = self._header(_STEP)
@@ -90,7 +96,7 @@ class StepChannel:
         """Tells the followers there is nothing more to do."""
         multihost_utils.broadcast_one_to_all(self._header(_STOP))
 
-    def receive(self) -> StepInput | Copies | None:
+    def receive(self) -> StepT | Copies | None:
         """The next action, or None once process 0 has closed the channel."""
         header = multihost_utils.broadcast_one_to_all(self._header(_STOP))
         command = int(header[0])
@@ -101,15 +107,32 @@ class StepChannel:
             return Copies([(int(src), int(dst)) for src, dst in pairs])
         dims = iter(int(d) for d in header[_HEADER:])
         zeros = [np.zeros(int(header[1]), np.uint8)]
-        zeros += [np.zeros(tuple(next(dims) for _ in range(rank)), dtype) for rank, dtype in zip(self._ranks, self._dtypes)]
+        zeros += [np.zeros(tuple(next(dims) for _ in range(rank)), dtype)
+                  for rank, dtype in zip(self._ranks, self._dtypes, strict=True)]
         # the broadcast sums over processes, which widens bools and small ints: cast back
         meta, *leaves = [np.asarray(x).astype(z.dtype) for x, z in
-                         zip(multihost_utils.broadcast_one_to_all(zeros), zeros)]
-        inputs = jax.tree.unflatten(self._treedef, leaves)
+                         zip(multihost_utils.broadcast_one_to_all(zeros), zeros, strict=True)]
+        inputs: StepT = jax.tree.unflatten(self._treedef, leaves)
         return inputs.replace(**pickle.loads(meta.tobytes()))
 
 
-def follow(engine: LLMEngine) -> None:
+class StepReplayer(Protocol):
+    """A model runner: launches steps and block copies, and holds the channel when multi-process."""
+
+    @property
+    def step_channel(self) -> StepChannel[Any] | None: ...
+
+    def run_step(self, inputs: Any) -> object: ...
+
+    def copy_blocks(self, copies: list[tuple[int, int]]) -> None: ...
+
+
+class ReplayingEngine(Protocol):
+    @property
+    def runner(self) -> StepReplayer: ...
+
+
+def follow(engine: ReplayingEngine) -> None:
     """The loop of every process but 0: replay process 0's actions until it calls ``release``."""
     runner = engine.runner
     if runner.step_channel is None:
@@ -122,7 +145,7 @@ def follow(engine: LLMEngine) -> None:
     logger.info("process %d: leader closed the step channel", jax.process_index())
 
 
-def release(engine: LLMEngine) -> None:
+def release(engine: ReplayingEngine) -> None:
     """Process 0, when it is done serving: lets the followers' ``follow`` return."""
     if engine.runner.step_channel is not None:
         engine.runner.step_channel.close()

@@ -10,11 +10,16 @@ from typing import Any
 import pytest
 
 from engine import EngineConfig, LLMEngine
+from engine.environment import configure_process
 from models.config import ModelConfig
 from models.loaders import LoadedModel
 from models.loaders.dummy import dummy_params
 from tests.tiny_models import tiny_config as make_tiny_config
 from tests.tiny_server import SMOLLM2_VOCAB, TINY_MAX_MODEL_LEN
+
+# The session runs engines and servers: settings and logging as their entry points have them, from the
+# start (pytest's log capture attaches to the package loggers it finds configured when a test begins).
+configure_process()
 
 
 @pytest.fixture(scope="session")

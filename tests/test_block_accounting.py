@@ -78,6 +78,23 @@ class OverlapDriver:
         return bool(batch) or previous is not None
 
 
+def _add_request(scheduler: Scheduler, request_id: str, prompt: list[int], max_tokens: int, n: int) -> list[Sequence]:
+    """``n`` samples of one prompt: the first computes it, the others fork from it (as LLMEngine adds them)."""
+    seqs = [Sequence(request_id, i, prompt, SamplingParams(max_tokens=max_tokens), i, max_tokens) for i in range(n)]
+    for child in seqs[1:]:
+        child.awaiting_fork = True
+    seqs[0].forks = seqs[1:]
+    for seq in seqs:
+        scheduler.add(seq)
+    return seqs
+
+
+def _abort(scheduler: Scheduler, seqs: list[Sequence]) -> None:
+    for seq in seqs:
+        if not seq.is_finished:
+            scheduler.finish(seq)
+
+
 @settings(max_examples=150, deadline=None)
 @given(actions=actions, num_blocks=st.integers(8, 30), budget=st.integers(4, 64),
        chunked=st.booleans(), caching=st.booleans(), overlap=st.booleans())
@@ -93,17 +110,9 @@ def test_no_leaks_under_random_traffic(actions: list, num_blocks: int, budget: i
             prompt = PREFIX[:shared] + list(range(a))
             if len(prompt) + b > (num_blocks // n) * BLOCK:
                 continue
-            seqs = [Sequence(str(len(requests)), i, prompt, SamplingParams(max_tokens=b), i, b) for i in range(n)]
-            for child in seqs[1:]:
-                child.awaiting_fork = True
-            seqs[0].forks = seqs[1:]
-            requests.append(seqs)
-            for seq in seqs:
-                scheduler.add(seq)
+            requests.append(_add_request(scheduler, str(len(requests)), prompt, b, n))
         elif kind == "abort" and requests:
-            for seq in requests[a % len(requests)]:
-                if not seq.is_finished:
-                    scheduler.finish(seq)
+            _abort(scheduler, requests[a % len(requests)])
         elif kind == "step" and overlap:
             driver.step()
         elif kind == "step":

@@ -37,7 +37,7 @@ def test_configured_ladders_are_cut_and_closed_by_the_limits() -> None:
                                               ("cpu", "not_listed")])
 def test_every_schedulable_step_has_a_planned_shape(platform: str, backend: str) -> None:
     plan = _plan(platform, backend)
-    planned = {(k.tokens, k.seqs, k.width, k.window) for k in plan.keys()}
+    planned = {(k.tokens, k.seqs, k.width, k.window) for k in plan.keys()}  # noqa: SIM118 - a method, not a dict
     max_blocks = -(-200 // 16)
     for tokens, seqs, widest in itertools.product(range(1, 97), range(1, 7), range(1, max_blocks + 1)):
         if seqs > tokens:
@@ -61,24 +61,25 @@ def test_the_engine_plans_from_its_config_ladders() -> None:
 def test_cpu_attention_plans_one_block_table_width() -> None:
     cpu = _plan("cpu", "cpu")
     assert cpu.width_ladder == (13,)  # its loops stop at each sequence's own length (docs/cpu.md)
-    assert len([k for k in cpu.keys() if k.window > 1]) == len(cpu.token_ladder)  # sequences follow tokens
+    # sequences follow tokens
+    assert len([k for k in cpu.keys() if k.window > 1]) == len(cpu.token_ladder)  # noqa: SIM118 - a method, not a dict
 
 
 def test_runtime_switch_platforms_plan_one_variant_per_shape() -> None:
     cpu = _plan("cpu")
-    shapes = {(k.tokens, k.seqs, k.width, k.window) for k in cpu.keys()}
+    shapes = {(k.tokens, k.seqs, k.width, k.window) for k in cpu.keys()}  # noqa: SIM118 - a method, not a dict
     assert len(cpu.keys()) == len(shapes)
-    assert all(k.mode.gated and k.prompt_k == 20 for k in cpu.keys())
+    assert all(k.mode.gated and k.prompt_k == 20 for k in cpu.keys())  # noqa: SIM118 - a method, not a dict
 
 
 def test_gpu_plans_greedy_full_and_prompt_variants_over_few_shapes() -> None:
     gpu = _plan("gpu", "pallas_gpu")
     assert gpu.width_ladder == (13,)
-    shapes = {(k.tokens, k.seqs, k.width, k.window) for k in gpu.keys()}
+    shapes = {(k.tokens, k.seqs, k.width, k.window) for k in gpu.keys()}  # noqa: SIM118 - a method, not a dict
     # decode: one per sequence rung; prefill: one per token rung (sequences follow tokens)
     assert len(shapes) == len(gpu.seq_ladder) + len(gpu.token_ladder)
     assert len(gpu.keys()) == 2 * len(gpu.seq_ladder) + 3 * len(gpu.token_ladder)  # decode: no prompt variant
-    modes = {(k.mode, k.prompt_k) for k in gpu.keys()}
+    modes = {(k.mode, k.prompt_k) for k in gpu.keys()}  # noqa: SIM118 - a method, not a dict
     assert (SamplerMode(True, False, 0), None) in modes and not any(m.gated for m, _ in modes)
 
 

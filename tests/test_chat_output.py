@@ -42,7 +42,8 @@ def test_plans() -> None:
      ("The user wants weather.", None, ["get_weather"])),  # whitespace-only content is no content
     ("qwen3", "auto", "<think>easy</think>It is sunny.", ("easy", "It is sunny.", [])),
     ("qwen3", "none", f"<think>x</think>{CALL}", ("x", CALL, [])),
-    (None, {"type": "function", "function": {"name": "get_weather"}}, '{"city": "Oslo"}', (None, None, ["get_weather"])),
+    (None, {"type": "function", "function": {"name": "get_weather"}}, '{"city": "Oslo"}',
+     (None, None, ["get_weather"])),
     (None, "required", '[{"name": "get_weather", "arguments": {"city": "Rome"}}]', (None, None, ["get_weather"])),
 ])
 def test_whole_and_streamed_agree(reasoning_name: str | None, tool_choice: object, text: str,

@@ -33,7 +33,10 @@ def fresh_seed() -> int:
     return int(np.random.SeedSequence().entropy % (2**31))
 
 
-def run_and_check(step: str, seed: int, *, group: int, dtype=jnp.float32, config=CpuAttentionConfig(),
+DEFAULT_CONFIG = CpuAttentionConfig()
+
+
+def run_and_check(step: str, seed: int, *, group: int, dtype=jnp.float32, config=DEFAULT_CONFIG,
                   extra_table_width: int = 1, **kw) -> None:
     q_lens, seq_lens = STEPS[step]
     kv_heads = 2

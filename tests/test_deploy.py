@@ -66,7 +66,8 @@ def test_prometheus_scrapes_the_compose_service() -> None:
 
 def test_dashboard_queries_only_series_the_server_exports(tiny_server: Any) -> None:
     with httpx.Client(base_url=tiny_server.url, timeout=60) as http:
-        assert http.post("/v1/completions", json={"model": "tiny", "prompt": [1, 2], "max_tokens": 2}).status_code == 200
+        body = {"model": "tiny", "prompt": [1, 2], "max_tokens": 2}
+        assert http.post("/v1/completions", json=body).status_code == 200
         exported = {line.split("{")[0].split(" ")[0] for line in http.get("/metrics").text.splitlines()
                     if line and not line.startswith("#")}
     dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "tessera.json").read_text())

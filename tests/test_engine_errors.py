@@ -95,8 +95,8 @@ def test_min_tokens_and_stop_token_ids() -> None:
     out = run_to_completion(engine)["stop"].outputs[0]
     assert out.token_ids == tokens[: first_index + 1]
     assert out.finish_reason == "stop" and out.stop_reason == stop_at
-    engine.add_request("min", [3, 1, 4, 1, 5],
-                       SamplingParams(temperature=0, max_tokens=10, stop_token_ids=[stop_at], min_tokens=first_index + 2))
+    engine.add_request("min", [3, 1, 4, 1, 5], SamplingParams(temperature=0, max_tokens=10, stop_token_ids=[stop_at],
+                                                               min_tokens=first_index + 2))
     out = run_to_completion(engine)["min"].outputs[0]
     assert stop_at not in out.token_ids[: first_index + 2]
     assert len(out.token_ids) >= first_index + 2

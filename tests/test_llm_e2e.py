@@ -26,7 +26,7 @@ def test_generate_matches_hf_greedy(llm: LLM) -> None:
     prompts = [{"prompt_token_ids": case["prompt_ids"]} for case in GOLDEN["cases"]]
     params = SamplingParams(temperature=0, max_tokens=GOLDEN["new_tokens"], ignore_eos=True)
     outputs = llm.generate(prompts, params, use_tqdm=False)
-    for case, out in zip(GOLDEN["cases"], outputs):
+    for case, out in zip(GOLDEN["cases"], outputs, strict=True):
         assert out.outputs[0].token_ids == case["output_ids"]
         assert out.prompt_token_ids == case["prompt_ids"]
     stats = llm.engine.stats()
@@ -73,11 +73,11 @@ def test_logprobs_and_prompt_logprobs(llm: LLM) -> None:
                        use_tqdm=False)[0]
     completion = out.outputs[0]
     assert len(completion.logprobs) == 3
-    for token, position in zip(completion.token_ids, completion.logprobs):
+    for token, position in zip(completion.token_ids, completion.logprobs, strict=True):
         assert position[token].rank == 1  # greedy picks the top token
         assert len(position) == 2
-    assert completion.cumulative_logprob == pytest.approx(sum(p[t].logprob for t, p in
-                                                             zip(completion.token_ids, completion.logprobs)))
+    assert completion.cumulative_logprob == pytest.approx(
+        sum(p[t].logprob for t, p in zip(completion.token_ids, completion.logprobs, strict=True)))
     assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == len(case["prompt_ids"])
-    for token, position in zip(case["prompt_ids"][1:], out.prompt_logprobs[1:]):
+    for token, position in zip(case["prompt_ids"][1:], out.prompt_logprobs[1:], strict=True):
         assert token in position and position[token].logprob <= 0

@@ -36,7 +36,7 @@ def _generate(engine: object) -> list[dict[str, list[float] | list[int]]]:
     for i in range(len(PROMPTS)):
         for out in done[str(i)].outputs:
             results.append({"tokens": out.token_ids,
-                            "logprobs": [lp[t].logprob for lp, t in zip(out.logprobs, out.token_ids)]})
+                            "logprobs": [lp[t].logprob for lp, t in zip(out.logprobs, out.token_ids, strict=True)]})
     return results
 
 
@@ -95,12 +95,12 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
             for p in procs:
                 p.kill()
             raise
-    for proc, log in zip(procs, logs):
+    for proc, log in zip(procs, logs, strict=True):
         assert proc.returncode == 0, log[-4000:]
     results = json.loads(out.read_text())
     assert (results["devices"], results["local"]) == (4, 2)
     for spec in SPECS:
-        for got, want in zip(results[spec], results["single"]):
+        for got, want in zip(results[spec], results["single"], strict=True):
             assert got["tokens"] == want["tokens"], spec
             assert got["logprobs"] == pytest.approx(want["logprobs"], abs=1e-4), spec
 

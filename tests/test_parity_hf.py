@@ -38,7 +38,7 @@ class PagedBatch:
         width = max(per_seq)
         starts = np.cumsum([0, *per_seq[:-1]])
         self.block_tables = np.array(
-            [[start + min(j, n - 1) for j in range(width)] for start, n in zip(starts, per_seq)], np.int32
+            [[start + min(j, n - 1) for j in range(width)] for start, n in zip(starts, per_seq, strict=True)], np.int32
         )
         shape = (sum(per_seq), BLOCK_SIZE, config.num_kv_heads, config.head_dim)
         self.caches = [(jnp.zeros(shape, config.jnp_dtype), jnp.zeros(shape, config.jnp_dtype))
@@ -112,14 +112,14 @@ def test_smollm2_greedy_continuations_match_hf_token_for_token() -> None:
     ids, positions, md = batch.step_inputs([c["prompt_ids"] for c in cases])
     logits, batch.caches = forward(params, ids, positions, batch.caches, md)
     last = np.asarray(logits)[np.asarray(md.query_start_loc[1:]) - 1]
-    for case, row in zip(cases, last):
+    for case, row in zip(cases, last, strict=True):
         first = case["first_step"]
         np.testing.assert_allclose(row[first["top_ids"]], first["top_logits"], atol=2e-3, rtol=0)
     outputs = [[int(t)] for t in last.argmax(-1)]
     for _ in range(new_tokens - 1):
         ids, positions, md = batch.step_inputs([[out[-1]] for out in outputs])
         logits, batch.caches = forward(params, ids, positions, batch.caches, md)
-        for out, token in zip(outputs, np.asarray(logits).argmax(-1)):
+        for out, token in zip(outputs, np.asarray(logits).argmax(-1), strict=True):
             out.append(int(token))
-    for case, out in zip(cases, outputs):
+    for case, out in zip(cases, outputs, strict=True):
         assert out == case["output_ids"], case.get("text") or case["messages"]

@@ -40,7 +40,7 @@ def naive_attention(q, k_cache, v_cache, md, *, scale, sliding_window=None, soft
                     logits.append(soft_cap * math.tanh(x / soft_cap) if soft_cap else x)
                 weights = np.exp(np.asarray(logits) - max(logits))
                 weights /= weights.sum()
-                out[token, h] = sum(w * v_cache[blk, off, kv] for w, (blk, off) in zip(weights, slots))
+                out[token, h] = sum(w * v_cache[blk, off, kv] for w, (blk, off) in zip(weights, slots, strict=True))
     return out
 
 

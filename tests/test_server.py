@@ -75,7 +75,7 @@ def test_completion_logprobs(client: OpenAI) -> None:
     lp = out.choices[0].logprobs
     assert lp is not None and lp.tokens and lp.token_logprobs and lp.top_logprobs and lp.text_offset
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 5
-    for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+    for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
         assert value is not None and value <= 0
         assert token in top and 3 <= len(top) <= 4
         assert max(top.values()) == pytest.approx(value)  # greedy picks the most likely token

@@ -63,7 +63,7 @@ def test_64_concurrent_streams_get_only_their_own_tokens(tiny_server: Any) -> No
             return await asyncio.gather(*(one(client, t) for t in tokens))
 
     results = asyncio.run(all_clients())
-    for token, (text, usage) in zip(tokens, results):
+    for token, (text, usage) in zip(tokens, results, strict=True):
         assert usage == TOKENS_EACH
         assert text == tokenizer.decode([token] * TOKENS_EACH)
     stats = tiny_server.engine_loop.stats
@@ -109,16 +109,16 @@ def test_disconnect_mid_stream_aborts_and_frees_blocks(throttled: Any, endpoint:
                             "ignore_eos": True}
     body.update({"prompt": "A long story"} if "chat" not in endpoint else
                 {"messages": [{"role": "user", "content": "A long story"}]})
-    with httpx.Client(base_url=server.url, timeout=60) as client:
-        with client.stream("POST", endpoint, json=body) as response:
-            assert response.status_code == 200
-            chunks = 0
-            for line in response.iter_lines():
-                chunks += line.startswith("data: ")
-                if chunks == 5:
-                    # checked before leaving the loop: closing the line iterator closes the connection
-                    assert not _blocks_free(server)  # the request holds blocks in the core now
-                    break
+    with (httpx.Client(base_url=server.url, timeout=60) as client,
+          client.stream("POST", endpoint, json=body) as response):
+        assert response.status_code == 200
+        chunks = 0
+        for line in response.iter_lines():
+            chunks += line.startswith("data: ")
+            if chunks == 5:
+                # checked before leaving the loop: closing the line iterator closes the connection
+                assert not _blocks_free(server)  # the request holds blocks in the core now
+                break
     assert _wait_until(lambda: _blocks_free(server) and server.engine_loop.num_pending == 0)
     assert _aborted(server) == aborted_before + 1
     assert _metric(server, "tessera:generation_tokens_total") - generated_before < 400  # stopped early

@@ -3,7 +3,6 @@ openai client, and a graceful SIGTERM shutdown with exit code 0."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -29,12 +28,11 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def served(smollm_tokenizer: object) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     port = _free_port()
-    log = open(os.devnull, "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine.serve", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1K",
          "--max-num-seqs", "4", "--served-model-name", "smol", "smollm2", "--skip-warmup",
          "--disable-log-stats"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -51,7 +49,6 @@ def served(smollm_tokenizer: object) -> Iterator[tuple[subprocess.Popen[bytes], 
     if proc.poll() is None:
         proc.kill()
         proc.wait()
-    log.close()
 
 
 @pytest.mark.slow

@@ -121,7 +121,8 @@ def _app(tiny_server: Any, index: int, **settings: Any) -> Any:
 
 
 def _when_ready(client: TestClient[Any]) -> TestClient[Any]:
-    """Waits for the core's answer to this app's hello (until then /health answers 503 "waiting for the engine core")."""
+    """Waits for the core's answer to this app's hello (until then /health answers 503 "waiting for the
+    engine core")."""
     for _ in range(200):
         if client.get("/health").status_code == 200:
             return client

@@ -139,14 +139,14 @@ async def _stream(url: str, token: int, max_tokens: int, started: asyncio.Event 
     body = {"model": "tiny", "prompt": f"Client {token} says", "max_tokens": max_tokens, "temperature": 0,
             "stream": True, "logit_bias": {str(token): 100}}
     events = []
-    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
-        async with client.stream("POST", "/v1/completions", json=body) as response:
-            assert response.status_code == 200
-            async for line in response.aiter_lines():
-                if line.startswith("data: "):
-                    events.append(line.removeprefix("data: "))
-                    if started is not None:
-                        started.set()
+    async with (httpx.AsyncClient(base_url=url, timeout=120) as client,
+                client.stream("POST", "/v1/completions", json=body) as response):
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                events.append(line.removeprefix("data: "))
+                if started is not None:
+                    started.set()
     return events
 
 
@@ -163,13 +163,14 @@ def test_two_api_servers_serve_separate_streams_then_sigterm_drains_32(two_api_s
 
     async def all_streams(max_tokens: int, signal_after_start: bool) -> list[list[str]]:
         started = [asyncio.Event() for _ in tokens]
-        tasks = [asyncio.create_task(_stream(served.url, t, max_tokens, e)) for t, e in zip(tokens, started)]
+        tasks = [asyncio.create_task(_stream(served.url, t, max_tokens, e))
+                 for t, e in zip(tokens, started, strict=True)]
         if signal_after_start:
             await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), timeout=120)
             served.proc.send_signal(signal.SIGTERM)
         return await asyncio.gather(*tasks)
 
-    for events, token in zip(asyncio.run(all_streams(6, signal_after_start=False)), tokens):
+    for events, token in zip(asyncio.run(all_streams(6, signal_after_start=False)), tokens, strict=True):
         assert _text_and_finish(events) == (smollm_tokenizer.decode([token] * 6), "length")
     log = served.log.read_text()
     for name in ("MainProcess", "api-server-1"):  # the kernel gave both API servers some of the connections
@@ -177,7 +178,7 @@ def test_two_api_servers_serve_separate_streams_then_sigterm_drains_32(two_api_s
 
     family = _descendants(served.proc.pid)
     assert served.core_pid() in family and len(family) >= 2
-    for events, token in zip(asyncio.run(all_streams(40, signal_after_start=True)), tokens):
+    for events, token in zip(asyncio.run(all_streams(40, signal_after_start=True)), tokens, strict=True):
         assert _text_and_finish(events) == (smollm_tokenizer.decode([token] * 40), "length")
     assert served.proc.wait(timeout=120) == 0, served.log.read_text()[-4000:]
     assert _all_gone(family), [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in family if pid_alive(pid)]

@@ -261,8 +261,8 @@ def _expected_spread(dp: int) -> list[int]:
 
 @pytest.mark.parametrize("model", list(MODELS))
 def test_two_all_reduces_per_layer_and_no_gathered_pool(results: dict[str, Any], model: str) -> None:
-    """tp=4 decode: the KV pools are updated in place per shard; one all-reduce after each o_proj and each down_proj, one after the
-    vocab-parallel embedding lookup; the only gathers are the sampler's per-shard best
+    """tp=4 decode: the KV pools are updated in place per shard; one all-reduce after each o_proj and each
+    down_proj, one after the vocab-parallel embedding lookup; the only gathers are the sampler's per-shard best
     candidates ([sequences, k] numbers), never a weight, an activation or the KV pool."""
     from tests.tiny_models import tiny_config
 

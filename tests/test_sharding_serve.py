@@ -36,7 +36,8 @@ def test_serve_with_mesh_tp4_answers_chat(tmp_path: Path, smollm_tokenizer: Any)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "engine.serve", "--mesh", "tp=4", "--host", "127.0.0.1", "--port", str(port),
-             "--max-model-len", "512", "--num-gpu-blocks-override", "64", "--max-num-seqs", "4", "--skip-warmup", "--disable-log-stats"],
+             "--max-model-len", "512", "--num-gpu-blocks-override", "64", "--max-num-seqs", "4", "--skip-warmup",
+             "--disable-log-stats"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}"

@@ -11,12 +11,12 @@ import pytest
 from jax.sharding import AbstractMesh
 
 from engine.config import add_engine_flags, engine_config
+from engine.data_parallel import DataParallelScheduler
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
+from models.head_layout import pad_heads, plan_head_layout
 from sharding import ModelSharding, ShardingRules, build_mesh, load_rules, parse_mesh_spec
 from sharding.cli import add_multihost_args, init_distributed_from_args
-from sharding.data_parallel import DataParallelScheduler
-from models.head_layout import pad_heads, plan_head_layout
 from sharding.rules import RULE_SETS
 from tests.tiny_models import tiny_config
 

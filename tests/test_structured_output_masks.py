@@ -25,6 +25,7 @@ from engine.structured_output import (
 from engine.structured_output.regex_budget import repetition_size
 from tests.tiny_grammar_vocab import ALPHABET, EOS, TOKENS, tiny_grammar_compiler
 
+
 @pytest.fixture(scope="module")
 def tiny_compiler() -> GrammarCompiler:
     return tiny_grammar_compiler()

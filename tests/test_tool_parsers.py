@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+
 import pytest
 
 from server.tool_parsers import ToolParser, get_tool_parser

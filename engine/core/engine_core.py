@@ -20,6 +20,7 @@ import logging
 import queue
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from engine.constrained import PARAM as CONSTRAINT_PARAM
 from engine.core.messages import (
@@ -37,9 +38,11 @@ from engine.core.messages import (
     WireLogprobs,
 )
 from engine.core.transport import CoreSockets
-from engine.llm_engine import LLMEngine
 from engine.outputs import PositionLogprobs, RequestOutput
 from engine.request_errors import RequestValidationError
+
+if TYPE_CHECKING:
+    from engine.llm_engine import LLMEngine
 
 logger = logging.getLogger(__name__)
 

@@ -79,7 +79,7 @@ class Failure(msgspec.Struct, array_like=True):
 
 
 class CoreStats(msgspec.Struct, array_like=True):
-    """engine.llm_engine.EngineStats, field for field."""
+    """engine.stats.EngineStats, field for field."""
 
     num_running: int
     num_waiting: int

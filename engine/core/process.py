@@ -22,12 +22,16 @@ import sys
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
 from engine.core.engine_core import EngineCore
 from engine.core.messages import CoreStatus
 from engine.core.served_model import ServedModel
 from engine.core.transport import CoreAddresses, CoreSockets
-from engine.llm_engine import LLMEngine
+from engine.environment import configure_process
+
+if TYPE_CHECKING:
+    from engine.llm_engine import LLMEngine
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +86,7 @@ class CoreProcess:
         kind, payload = self._reports.recv()
         if kind == "failed":
             raise CoreStartError(payload)
-        return payload  # type: ignore[no-any-return]
+        return payload
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout_s``; removes the socket directory. The exit code."""
@@ -110,6 +114,7 @@ def die_with_parent(parent_pid: int) -> None:
 
 def _core_main(spec: CoreSpec, reports: Connection, parent_pid: int) -> None:
     die_with_parent(parent_pid)
+    configure_process()
     if spec.setup_logging is not None:
         spec.setup_logging()
     stop = threading.Event()

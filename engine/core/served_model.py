@@ -4,9 +4,10 @@ vocabulary size, stop ids and the tokenizer. The core sends it once, as soon as 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine.llm_engine import LLMEngine
+if TYPE_CHECKING:
+    from engine.llm_engine import LLMEngine
 
 
 @dataclasses.dataclass(frozen=True)

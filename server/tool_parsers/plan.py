@@ -14,7 +14,6 @@ import dataclasses
 from typing import Any
 
 from engine.structured_output import StructuredOutputSpec
-from server.tool_parsers.formats import get_tool_parser
 from server.tool_parsers.forced_calls import (
     NamedCallStream,
     RequiredCallsParser,
@@ -22,6 +21,7 @@ from server.tool_parsers.forced_calls import (
     named_function_spec,
     required_calls_spec,
 )
+from server.tool_parsers.formats import get_tool_parser
 from server.tool_parsers.parser import ToolCallStream, ToolParser
 from server.tool_parsers.tools import FunctionTool, ToolChoice, ToolError, parse_tool_choice, parse_tools
 from server.tool_parsers.types import ExtractedToolCalls

@@ -9,6 +9,9 @@ new request to the replica holding the longest cached prefix of it (else the lea
 and merges their batches, tagging each sequence with its replica. Block ids in block tables
 are local to a replica, which is what the replica's slice of the pool expects; copy-on-write
 copies act on the whole pool, so they are offset to global ids.
+
+Both stand in for the plain ``Scheduler`` and ``BlockManager`` through the protocols of
+engine/scheduler_protocols.py.
 """
 
 from __future__ import annotations
@@ -102,7 +105,9 @@ class DataParallelScheduler:
         if rank is not None:
             self.replicas[rank].finish(seq)
 
-    def complete(self, batch: DataParallelBatch) -> None:
+    def complete(self, batch: ScheduledBatch) -> None:
+        if not isinstance(batch, DataParallelBatch):
+            raise TypeError(f"a data-parallel scheduler completes its own batches, got a {type(batch).__name__}")
         for rank, replica in enumerate(self.replicas):
             mine = [i for i, r in enumerate(batch.dp_ranks) if r == rank]
             replica.complete(ScheduledBatch([batch.seqs[i] for i in mine], [batch.num_new_tokens[i] for i in mine]))
