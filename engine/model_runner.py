@@ -46,7 +46,7 @@ from models.registry import build_model
 from sharding.multihost import StepChannel
 
 if TYPE_CHECKING:
-    from ops.attention import AttentionMetadata
+    from ops.attention_metadata import AttentionMetadata
     from sharding.model_sharding import ModelSharding
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from models.loaders.dummy import dummy_params
 from models.registry import build_model
-from ops.attention import AttentionMetadata
+from ops.attention_metadata import AttentionMetadata
 from tests.tiny_models import tiny_config
 
 
