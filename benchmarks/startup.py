@@ -25,6 +25,7 @@ import httpx
 
 from engine.args import parse_args as parse_server_args
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -26,6 +26,9 @@ from sharding.rules import RULE_SETS, load_rules
 
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 BLOCK_SIZES = (8, 16, 32, 64, 128)
+# Fields that count something (None where unset): validate() holds each to at least 1.
+COUNT_FIELDS = ("max_num_seqs", "max_model_len", "max_num_batched_tokens", "compile_workers",
+                "num_gpu_blocks_override")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,22 +153,16 @@ class EngineConfig:
             raise ValueError(f"block_size must be one of {', '.join(map(str, BLOCK_SIZES))}, got {self.block_size}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
-        if self.max_num_seqs < 1:
-            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
-        if self.max_model_len is not None and self.max_model_len < 1:
-            raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
-        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:
-            raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        for name in COUNT_FIELDS:
+            count = getattr(self, name)
+            if count is not None and count < 1:
+                raise ValueError(f"{name} must be >= 1, got {count}")
         for name in ("token_bucket_ladder", "seq_bucket_ladder"):
             ladder = getattr(self, name)
             if ladder is not None and any(int(r) < 1 for r in ladder):
                 raise ValueError(f"{name} must be positive sizes, got {ladder}")
-        if self.compile_workers is not None and self.compile_workers < 1:
-            raise ValueError(f"compile_workers must be >= 1, got {self.compile_workers}")
         if self.reasoning_end is not None and (not isinstance(self.reasoning_end, str) or not self.reasoning_end):
             raise ValueError(f"reasoning_end must be a non-empty string, got {self.reasoning_end!r}")
-        if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 1:
-            raise ValueError(f"num_gpu_blocks_override must be >= 1, got {self.num_gpu_blocks_override}")
 
 
 def add_engine_flags(parser: argparse.ArgumentParser, *, defaults: Mapping[str, Any] | None = None,

@@ -326,7 +326,7 @@ class ModelRunner:
         (all ones in the others), or [S, 0] when no row has one."""
         rows = np.shape(built.inputs.seq_lens)[0]
         matchers: list[GrammarMatcher | None] = [None] * rows
-        for seq, row, samples in zip(batch.seqs, built.rows, built.samples):
+        for seq, row, samples in zip(batch.seqs, built.rows, built.samples, strict=True):
             if samples and seq.grammar is not None:
                 matchers[int(row)] = seq.grammar.step_matcher()
         mask = step_bitmask(matchers, rows, self.config.vocab_size)

@@ -136,7 +136,8 @@ def _decode_step_collectives(engine: Any) -> dict[str, Any]:
     from sharding.collectives import count_collectives
 
     runner = engine.runner
-    decode = [key for key in runner.plan.keys() if key.window == 1 and key.seqs == 8]
+    programs = runner.plan.keys()  # a BucketPlan: keys() lists its programs (it is no mapping)
+    decode = [key for key in programs if key.window == 1 and key.seqs == 8]
     assert decode, f"no 8-sequence decode program in {runner.plan.describe()}"
     compiled = runner._lower_program(decode[0], runner.kv_caches, runner._sampled_tokens).compile()
     text = compiled.as_text()
