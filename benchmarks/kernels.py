@@ -124,7 +124,9 @@ def time_ours(name, shared, sets, configs, scale, window=None, cap=None) -> dict
     for config in configs:
         backend = gpu.PallasGpuAttention(config)
         prepared = [(q, backend.prepare(md, AttentionShape.of(q.shape, shared[0].shape))) for q, md in sets]
-        launch = prepared[0][1].launch
+        first = prepared[0][1]
+        assert isinstance(first, gpu.GpuStepPlan), "every shape benchmarked here runs the kernel"
+        launch = first.launch
 
         def run(sh, s, backend=backend):
             q, plan = s

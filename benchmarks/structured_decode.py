@@ -81,7 +81,10 @@ def compile_latency(llm: LLM, repeats: int) -> dict[str, Any]:
     """Median first-token time of a request whose schema is new, and of the same request again."""
     warm_up = SamplingParams(temperature=0.0, max_tokens=1, structured_outputs=_new_schema())
     llm.generate("Describe one record as JSON.", warm_up, use_tqdm=False)  # the vocabulary index, the programs
-    first, again, alone = [], [], []
+    # seconds: a request with a new schema, the same request again, compiling a new schema alone
+    first: list[float] = []
+    again: list[float] = []
+    alone: list[float] = []
     for _ in range(repeats):
         spec = _new_schema()
         params = SamplingParams(temperature=0.0, max_tokens=1, structured_outputs=spec)
