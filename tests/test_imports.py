@@ -4,7 +4,8 @@ A cycle between modules shows only when one of them is imported first ("partiall
 module"), so each module is the first Tessera import of its own fresh interpreter (run a few at a
 time: each costs up to a JAX import). Importing must also leave the process as it was: no
 environment defaults, no package logging (engine/environment.py applies those when an engine or
-server starts). The layering is read from the source: ``ops`` <- ``models`` <- ``sharding`` <-
+server starts), and no transformers from the start points (it reads its settings when first
+imported). The layering is read from the source: ``ops`` <- ``models`` <- ``sharding`` <-
 ``engine`` <- ``server``, a module importing only from its own layer or below, with the launch
 entry points (``engine/serve.py``, ``engine/cli.py``) the one allowed top.
 """
@@ -37,6 +38,15 @@ if changed or configured:
     sys.exit(f"importing {sys.argv[1]} set {changed} and configured logging of {configured}")
 """
 
+# The modules an engine or server process starts from, and a probe that fails if they load transformers.
+START_POINTS = ["engine.serve", "engine.cli", "engine.llm", "engine.core.process", "server.api_server"]
+TRANSFORMERS_PROBE = """
+import importlib, sys
+for module in sys.argv[1:]:
+    importlib.import_module(module)
+sys.exit("transformers" in sys.modules)
+"""
+
 
 def module_files() -> dict[str, Path]:
     """Every module of the five packages, by name: ``engine`` is engine/__init__.py."""
@@ -61,6 +71,15 @@ def test_every_module_imports_first_in_a_fresh_interpreter() -> None:
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         failures = [f for f in pool.map(_import_alone, module_files()) if f is not None]
     assert not failures, "\n\n".join(failures)
+
+
+def test_start_points_do_not_import_transformers() -> None:
+    """transformers reads TRANSFORMERS_VERBOSITY once, when first imported: only building a tokenizer
+    (after ``configure_process``) may import it, never loading the modules an engine or server runs."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", TRANSFORMERS_PROBE, *START_POINTS], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=IMPORT_TIMEOUT_S)
+    assert done.returncode == 0, f"importing {START_POINTS} imported transformers\n{done.stderr[-2000:]}"
 
 
 def test_lazily_exported_names_resolve() -> None:

@@ -22,7 +22,6 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 import llguidance
-import llguidance.hf
 
 from engine.structured_output.bitmask import allocate_bitmask
 from engine.structured_output.matcher import GrammarMatcher
@@ -75,6 +74,8 @@ class GrammarCompiler:
     def from_tokenizer(cls, tokenizer: Any, vocab_size: int | None = None, **kwargs: Any) -> GrammarCompiler:
         """From an ``engine.tokenizer.Tokenizer``; ``vocab_size`` is the model's logits width when
         it differs from the tokenizer's (ids past the tokenizer are never allowed). About 0.5 s."""
+        import llguidance.hf  # imports transformers: here, once a tokenizer exists, not on import
+
         ll_tokenizer = llguidance.hf.from_tokenizer(
             tokenizer.hf, n_vocab=vocab_size or tokenizer.vocab_size, eos_token=sorted(tokenizer.eos_token_ids),
             slices=MASK_SLICES)
