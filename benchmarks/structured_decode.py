@@ -30,6 +30,7 @@ import jsonschema
 from benchmarks.structured_cases import cases
 from benchmarks.structured_output import thirty_property_schema
 from engine import LLM, SamplingParams
+from engine.environment import configure_process
 from engine.structured_output import StructuredOutputSpec
 
 LONG_ARRAY_SCHEMA = {"type": "array", "minItems": 1000, "items": {
@@ -114,6 +115,7 @@ def _median_ms(seconds: list[float]) -> float:
 
 
 def main() -> None:
+    configure_process()  # a benchmark is an engine start: settings before any device use
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
     parser.add_argument("--batch", type=int, default=64)
