@@ -128,10 +128,11 @@ def _run(config: Any, spec: str | None, rules: str) -> dict[str, Any]:
 
 
 def _decode_step_collectives(engine: Any) -> dict[str, Any]:
-    """The collectives of the compiled decode step of 8 sequences (sharding/collectives.py).
+    """The collectives of the compiled greedy decode step of 8 sequences (sharding/collectives.py).
 
     Reaches into the runner for its bucket plan and program lowering: adapt here if those change.
     """
+    from engine.sampler import SamplerMode
     from ops.pallas_cases import pool_copies
     from sharding.collectives import count_collectives
 
@@ -139,7 +140,10 @@ def _decode_step_collectives(engine: Any) -> dict[str, Any]:
     programs = runner.plan.keys()  # a BucketPlan: keys() lists its programs (it is no mapping)
     decode = [key for key in programs if key.window == 1 and key.seqs == 8]
     assert decode, f"no 8-sequence decode program in {runner.plan.describe()}"
-    compiled = runner._lower_program(decode[0], runner.kv_caches, runner._sampled_tokens).compile()
+    # the greedy sampler (static switches, as the GPU plan's greedy variant): its only cross-shard
+    # work is picking each shard's best candidates; filters and logprobs would gather whole logits
+    greedy = dataclasses.replace(decode[0], mode=SamplerMode(True, False, 0), prompt_k=None, mask_words=0)
+    compiled = runner._lower_program(greedy, runner.kv_caches, runner._sampled_tokens).compile()
     text = compiled.as_text()
     found = {kind: dataclasses.asdict(entry) for kind, entry in count_collectives(text).items()}
     shard = runner.kv_caches[0][0].addressable_shards[0].data
