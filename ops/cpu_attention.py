@@ -30,8 +30,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from ops.attention_backend import AttentionBackend, AttentionShape, AttentionSpec
-from ops.attention_metadata import AttentionMetadata, StepPlan
+from ops.attention_backend import AttentionBackend, AttentionSpec
+from ops.attention_metadata import StepPlan
 from ops.pallas_common import kv_chunk_bounds
 
 MASKED = -1.0e30  # finite "minus infinity": exp(MASKED - m) is 0 and MASKED - MASKED is not NaN
@@ -54,9 +54,6 @@ class CpuAttention(AttentionBackend[StepPlan]):
     """Decode work list plus flash-attention prefill tiles; see the module docstring for how."""
 
     config: CpuAttentionConfig = CpuAttentionConfig()
-
-    def prepare(self, md: AttentionMetadata, shape: AttentionShape) -> StepPlan:
-        return StepPlan(md)
 
     def attend(
         self, q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, plan: StepPlan, spec: AttentionSpec
