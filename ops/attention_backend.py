@@ -61,9 +61,9 @@ class AttentionSpec:
 class AttentionBackend[Plan: StepPlan](abc.ABC):
     """Paged attention over the packed, ragged batch of ``ops.attention_metadata``."""
 
-    @abc.abstractmethod
     def prepare(self, md: AttentionMetadata, shape: AttentionShape) -> Plan:
-        """The step's work shared by all layers (a plain ``StepPlan(md)`` when there is none)."""
+        """The step's work shared by all layers; backends with none keep this plain ``StepPlan(md)``."""
+        return StepPlan(md)  # type: ignore[return-value]  # Plan is StepPlan for backends that keep it
 
     @abc.abstractmethod
     def attend(

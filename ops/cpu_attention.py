@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ops.attention_backend import AttentionBackend, AttentionShape, AttentionSpec
+from ops.attention_backend import AttentionBackend, AttentionSpec
 from ops.attention_metadata import AttentionMetadata, StepPlan
 from ops.pallas_common import kv_chunk_bounds
 
@@ -56,9 +56,6 @@ class CpuAttention(AttentionBackend[StepPlan]):
     """Decode work list plus flash-attention prefill tiles; see the module docstring for how."""
 
     config: CpuAttentionConfig = CpuAttentionConfig()
-
-    def prepare(self, md: AttentionMetadata, shape: AttentionShape) -> StepPlan:
-        return StepPlan(md)
 
     def attend(
         self, q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, plan: StepPlan, spec: AttentionSpec

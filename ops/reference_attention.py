@@ -12,8 +12,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ops.attention_backend import AttentionBackend, AttentionShape, AttentionSpec
-from ops.attention_metadata import AttentionMetadata, StepPlan
+from ops.attention_backend import AttentionBackend, AttentionSpec
+from ops.attention_metadata import StepPlan
 
 
 def token_to_sequence(query_start_loc: jax.Array, num_tokens: int) -> tuple[jax.Array, jax.Array]:
@@ -27,9 +27,6 @@ def token_to_sequence(query_start_loc: jax.Array, num_tokens: int) -> tuple[jax.
 @dataclasses.dataclass(frozen=True)
 class ReferenceAttention(AttentionBackend[StepPlan]):
     """Every sequence against its whole block-table row, in plain XLA; no options."""
-
-    def prepare(self, md: AttentionMetadata, shape: AttentionShape) -> StepPlan:
-        return StepPlan(md)
 
     def attend(
         self, q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, plan: StepPlan, spec: AttentionSpec

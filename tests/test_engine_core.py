@@ -5,7 +5,6 @@ request in the core, freeing its blocks."""
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -17,30 +16,14 @@ from engine.core.engine_core import EngineCore
 from engine.core.messages import (
     AbortRequests,
     AddRequest,
-    FromCore,
     Refused,
     StepOutputs,
-    decode_from_core,
-    encode,
 )
 from engine.core.output_processor import RequestTracker
 from engine.core.served_model import ServedModel
 from engine.outputs import RequestOutput
+from tests.fake_core_sockets import FakeCoreSockets
 from tests.tiny_models import run_to_completion
-
-
-class _Sockets:
-    """CoreSockets without ZeroMQ: an inbox, and what the core sent, through the msgpack codec."""
-
-    num_clients = 1
-
-    def __init__(self) -> None:
-        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.sent: list[FromCore] = []
-
-    def send(self, client: int, message: FromCore) -> None:
-        assert client == 0
-        self.sent.append(decode_from_core(encode(message)))
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +42,7 @@ def engine(shared_engine: LLMEngine) -> Any:
 
 def _split_run(engine: LLMEngine, requests: dict[str, tuple[list[int], SamplingParams]]) -> dict[str, RequestOutput]:
     """Runs requests through an EngineCore and RequestTrackers, as the two processes would."""
-    sockets = _Sockets()
+    sockets = FakeCoreSockets()
     core = EngineCore(engine, sockets, threading.Event())  # type: ignore[arg-type]
     model = ServedModel.of(engine)
     trackers = {rid: RequestTracker(rid, ids, params, model) for rid, (ids, params) in requests.items()}
@@ -128,7 +111,7 @@ def test_split_engine_matches_the_in_process_engine(engine: LLMEngine) -> None:
 
 
 def test_a_refused_request_is_answered_alone(engine: LLMEngine) -> None:
-    sockets = _Sockets()
+    sockets = FakeCoreSockets()
     core = EngineCore(engine, sockets, threading.Event())  # type: ignore[arg-type]
     sockets.inbox.put(AddRequest("too-long", 0, [5] * 600, SamplingParams(), 0.0))
     sockets.inbox.put(Refused("undecodable", 0, "invalid request: Expected `int`"))
@@ -175,7 +158,7 @@ def test_an_add_request_that_does_not_decode_is_refused_alone() -> None:
 
 def test_failing_steps_end_their_requests_until_three_in_a_row_stop_the_core(engine: LLMEngine,
                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    sockets = _Sockets()
+    sockets = FakeCoreSockets()
     core = EngineCore(engine, sockets, threading.Event())  # type: ignore[arg-type]
 
     def broken_step() -> list[Any]:

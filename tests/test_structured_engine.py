@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import queue
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -24,8 +23,9 @@ import pytest
 from engine import LLM, LLMEngine, SamplingParams
 from engine.constrained import ConstrainedRequests
 from engine.core.engine_core import EngineCore
-from engine.core.messages import AddRequest, FromCore, StepOutputs, decode_from_core, encode
+from engine.core.messages import AddRequest, FromCore, StepOutputs
 from engine.structured_output import StructuredOutputError, StructuredOutputSpec, bitmask_words
+from tests.fake_core_sockets import FakeCoreSockets
 from tests.tiny_models import run_to_completion
 
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
@@ -135,24 +135,11 @@ def run_to_completion_of(engine: LLMEngine, request_id: str) -> list[Any]:
     raise AssertionError(f"{request_id} did not finish")
 
 
-class _Sockets:
-    """CoreSockets without ZeroMQ: an inbox, and what the core sent, through the msgpack codec."""
-
-    num_clients = 1
-
-    def __init__(self) -> None:
-        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.sent: list[FromCore] = []
-
-    def send(self, client: int, message: FromCore) -> None:
-        self.sent.append(decode_from_core(encode(message)))
-
-
 def test_the_core_answers_a_constrained_request_once_compiled(
         engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     """Admission waits for the compile (in the core); a refusal names structured_outputs and the
     request sends nothing else; the admitted one runs to its end."""
-    sockets = _Sockets()
+    sockets = FakeCoreSockets()
     core = EngineCore(engine, sockets, threading.Event())  # type: ignore[arg-type]
     compiles = _held(engine, monkeypatch)
     spec = StructuredOutputSpec.choice(["ab", "cd"])
