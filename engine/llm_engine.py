@@ -22,6 +22,7 @@ import jax
 
 from engine.block_manager import BlockManager
 from engine.compilation import compilation_count, enable_persistent_cache, install_counter
+from engine.executable_store import ExecutableStore
 from engine.config import EngineConfig
 from engine.constrained import ConstrainedRequests, grammar_finish
 from engine.model_runner import InFlightStep, ModelRunner, StepOutput
@@ -132,6 +133,7 @@ class LLMEngine:
             gpu_memory_utilization=config.gpu_memory_utilization,
             sharding=sharding, token_buckets=config.token_bucket_ladder, seq_buckets=config.seq_bucket_ladder,
             precompiled=config.precompile, token_masks=self.tokenizer is not None,
+            executable_store=ExecutableStore(config.compilation_cache_dir) if config.compilation_cache_dir else None,
         )
         logger.info(self.runner.kv_cache_summary())
         if sharding is not None and sharding.dp > 1:

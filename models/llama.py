@@ -10,6 +10,7 @@ The attention backend's step plan is built once per step here and shared by ever
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -132,6 +133,15 @@ class DecoderLayer(nn.Module):
         return x, cache
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _decoder_layer(config: ModelConfig, backend: AttentionBackend[Any], params: dict[str, Any], x: jax.Array,
+                   positions: jax.Array, cache: KVCache, plan: StepPlan) -> tuple[jax.Array, KVCache]:
+    """One decoder layer as a function of its parameters: a step traces and lowers it once and
+    calls it for every layer (XLA inlines the calls), so a program's tracing time no longer grows
+    with the depth of the model (docs/compilation.md)."""
+    return DecoderLayer(config, backend, parent=None).apply({"params": params}, x, positions, cache, plan)
+
+
 class CausalLM(nn.Module):
     """``__call__`` runs the decoder over a packed batch; ``logits`` projects chosen hidden rows."""
 
@@ -158,8 +168,12 @@ class CausalLM(nn.Module):
         shape = AttentionShape.of((input_ids.shape[0], c.num_heads, c.head_dim), kv_caches[0][0].shape)
         plan = self.backend.prepare(md, shape)
         new_caches = []
-        for layer, cache in zip(self.layers, kv_caches, strict=True):
-            x, cache = layer(x, positions, cache, plan)
+        for i, (layer, cache) in enumerate(zip(self.layers, kv_caches, strict=True)):
+            if self.is_initializing():  # init must see every layer create its parameters
+                x, cache = layer(x, positions, cache, plan)
+            else:
+                params = self.variables["params"][f"layers_{i}"]
+                x, cache = _decoder_layer(c, self.backend, params, x, positions, cache, plan)
             new_caches.append(cache)
         return self.norm(x), new_caches
 

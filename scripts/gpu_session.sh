@@ -3,7 +3,7 @@
 # one device-tool call each:   bash scripts/gpu_session.sh JOB [JOB ...]   (writes JSON/logs to $OUT)
 # Jobs: roofline b1 b1-sync offline256 offline512 sharegpt serve-cold serve-warm serve-rate4
 # Carried wheels are installed first. The GPU image lacks: litestar litestar-htmx multipart polyfactory faker
-# rich-click sniffio msgspec uvicorn gguf pyzmq (download them into .whl as the device README says; the
+# rich-click sniffio msgspec uvicorn gguf pyzmq llguidance jsonschema jsonschema-specifications referencing rpds-py (download them into .whl as the device README says; the
 # 2026-11-30 run lacked sniffio and every server job failed at import).
 set -u
 export PYTHONUNBUFFERED=1
