@@ -13,7 +13,7 @@ OUT=${OUT:-/tmp/out}
 MODEL=benchmarks/configs/llama-3-8b
 DUMMY=(--model $MODEL --load-format dummy --dtype bfloat16)
 export TESSERA_COMPILATION_CACHE=/tmp/tessera-xla
-nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,noheader
+ulimit -n; nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,noheader
 python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 
 wait_ready() {  # wait_ready PORT LOG -> seconds until /health answers 200 (gives up if the server died)
