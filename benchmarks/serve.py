@@ -308,6 +308,9 @@ async def benchmark(base_url: str, args: argparse.Namespace, served: Any) -> dic
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args, server_argv = build_parser().parse_known_args(argv)
+    from server.api_server import raise_open_file_limit
+
+    raise_open_file_limit()  # one connection per request in flight
     if args.base_url:
         if server_argv:
             raise SystemExit(f"unknown arguments with --base-url: {' '.join(server_argv)}")

@@ -33,6 +33,7 @@ from engine.batch_rows import BatchRows
 from engine.bucket_plan import BucketPlan, ProgramKey, fit
 from engine.compilation import compilation_count
 from engine.data_parallel import DataParallelBatch
+from engine.executable_store import ExecutableStore, abstract_signature
 from engine.input_builder import BuiltStep, build_step_input
 from engine.sampler import Rows, gated_token_logprobs, pow2_at_least, sample
 from engine.scheduler import ScheduledBatch
@@ -101,11 +102,14 @@ class ModelRunner:
         seq_buckets: tuple[int, ...] | None = None,
         precompiled: bool = True,
         token_masks: bool = False,
+        executable_store: ExecutableStore | None = None,
     ) -> None:
         """``precompiled``: steps are folded onto the bucket plan's variants (all compiled ahead of
         time); False: each step compiles its own switches on first use (tests, --skip-warmup).
-        ``token_masks``: the plan's sampling variants take a structured-output token mask."""
+        ``token_masks``: the plan's sampling variants take a structured-output token mask.
+        ``executable_store``: where compiled programs are loaded from and saved to (None: nowhere)."""
         self.config = config
+        self.store = executable_store
         self.params = params
         self.block_size = block_size
         self.max_model_len = max_model_len
@@ -192,7 +196,9 @@ class ModelRunner:
                                      self.config.jnp_dtype)
         key = max(self.plan.keys(), key=lambda k: (k.tokens * k.width, k.seqs, k.prompt_k is not None))
         sampled = jax.ShapeDtypeStruct((self.dp * self.token_buffer_rows,), jnp.int32)
-        compiled = self._lower_program(key, [(cache, cache)] * self.config.num_layers, sampled).compile()
+        caches = [(cache, cache)] * self.config.num_layers
+        compiled = self._stored(("activation", key), (caches, sampled, self._abstract_inputs(key)),
+                                lambda: self._lower_program(key, caches, sampled).compile())
         analysis = compiled.memory_analysis()
         return int(getattr(analysis, "temp_size_in_bytes", 0)) if analysis is not None else 0
 
@@ -265,7 +271,11 @@ class ModelRunner:
         ``on_progress`` runs after each one."""
         seconds = self.copy_programs.precompile(list(self.plan.copy_ladder), workers, show_progress=False,
                                                 on_progress=on_progress)
-        return seconds + self.programs.precompile(self.plan.keys(), workers, on_progress=on_progress)
+        seconds += self.programs.precompile(self.plan.keys(), workers, on_progress=on_progress)
+        if self.store is not None:
+            logger.info("executable store %s: %d programs loaded, %d saved", self.store.directory,
+                        self.store.loaded, self.store.saved)
+        return seconds
 
     def compile_progress(self) -> tuple[int, int]:
         """(programs ready, programs planned) of the precompile, block copies included."""
@@ -277,21 +287,40 @@ class ModelRunner:
         return self.programs.late_compilations + self.copy_programs.late_compilations
 
     def _compile_program(self, key: ProgramKey) -> Any:
-        return self._lower_program(key, self.kv_caches, self._sampled_tokens).compile()
+        return self._stored(("step", key), (self.kv_caches, self._sampled_tokens, self._abstract_inputs(key)),
+                            lambda: self._lower_program(key, self.kv_caches, self._sampled_tokens).compile())
 
     def _lower_program(self, key: ProgramKey, kv_caches: Any, sampled_tokens: Any) -> Any:
         """The step lowered on padding inputs of ``key``'s shapes and switches."""
+        return self._step.lower(self.params, kv_caches, self._abstract_inputs(key), sampled_tokens)
+
+    def _abstract_inputs(self, key: ProgramKey) -> StepInput:
         inputs = self._dummy_inputs(key.tokens, key.seqs, key.width).replace(
             mode=key.mode, prompt_k=key.prompt_k, max_query_len=key.window,
             sampling=empty_sampling(self.dp * key.seqs, key.bias_width, key.history_width),
             token_bitmask=np.full((self.dp * key.seqs, key.mask_words), -1, np.int32))
         # Abstract leaves: a mesh over several processes refuses numpy inputs with shardings.
-        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype),
-                                self.plan.normalize(inputs))
-        return self._step.lower(self.params, kv_caches, abstract, sampled_tokens)
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype),
+                            self.plan.normalize(inputs))
 
     def _compile_copy(self, width: int) -> Any:
-        return self._copy_blocks.lower(self.kv_caches, jax.ShapeDtypeStruct((2, width), np.int32)).compile()
+        pairs = jax.ShapeDtypeStruct((2, width), np.int32)
+        return self._stored(("copy", width), (self.kv_caches, pairs),
+                            lambda: self._copy_blocks.lower(self.kv_caches, pairs).compile())
+
+    def _stored(self, name: tuple[Any, ...], args: Any, compile_program: Callable[[], Any]) -> Any:
+        """``compile_program()``, or its executable from the store when one with the same
+        fingerprint (program, model, arguments, parameters' layout) was saved before."""
+        if self.store is None:
+            return compile_program()
+        model = (repr(self.model), self.sharding.describe() if self.sharding else None,
+                 repr(getattr(self.sharding, "rules", None)), self.plan)
+        fingerprint = self.store.fingerprint(name, model, self._params_signature, abstract_signature(args))
+        return self.store.load_or_compile(fingerprint, compile_program)
+
+    @functools.cached_property
+    def _params_signature(self) -> Any:
+        return abstract_signature(self.params)
 
     # ---- host-side batch preparation -------------------------------------------------------
     def _dummy_inputs(self, tokens: int, seqs: int, width: int) -> StepInput:

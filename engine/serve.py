@@ -27,7 +27,7 @@ from engine.core.served_model import ServedModel
 from engine.core.transport import CoreAddresses
 from engine.environment import configure_process
 from engine.launch import build_engine, configure_logging, follow, is_follower, release_followers
-from server.api_server import ApiServerSpec, api_server_main, listening_socket, run_api_server
+from server.api_server import ApiServerSpec, api_server_main, listening_socket, raise_open_file_limit, run_api_server
 from server.app import tessera_version
 from server.chat_template import load_chat_template
 from server.sampling import load_generation_defaults
@@ -40,6 +40,7 @@ STOP_GRACE_S = 10.0
 
 def serve(args: argparse.Namespace) -> int:
     logger.info("Tessera %s starting with %s", tessera_version(), describe(args))
+    raise_open_file_limit()
     settings_without_names = dict(
         api_keys=args.api_key or [],
         trust_request_chat_template=args.trust_request_chat_template,

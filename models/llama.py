@@ -14,6 +14,7 @@ whatever Flax adds of its own (module names, with ``flax_profile`` on).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -140,6 +141,16 @@ class DecoderLayer(nn.Module):
         return x, cache
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _decoder_layer(config: ModelConfig, backend: AttentionBackend[Any], params: dict[str, Any], x: jax.Array,
+                   positions: jax.Array, cache: KVCache, plan: StepPlan) -> tuple[jax.Array, KVCache]:
+    """One decoder layer as a function of its parameters: a step traces and lowers it once and
+    calls it for every layer (XLA inlines the calls), so a program's tracing time no longer grows
+    with the depth of the model (docs/compilation.md)."""
+    layer = DecoderLayer(config, backend, parent=None)
+    return layer.apply({"params": params}, x, positions, cache, plan)  # type: ignore[return-value]
+
+
 class CausalLM(nn.Module):
     """``__call__`` runs the decoder over a packed batch; ``logits`` projects chosen hidden rows."""
 
@@ -170,7 +181,11 @@ class CausalLM(nn.Module):
         new_caches = []
         for i, (layer, cache) in enumerate(zip(self.layers, kv_caches, strict=True)):
             with jax.named_scope(f"layer_{i}"):
-                x, cache = layer(x, positions, cache, plan)
+                if self.is_initializing():  # init must see every layer create its parameters
+                    x, cache = layer(x, positions, cache, plan)
+                else:
+                    params = self.variables["params"][f"layers_{i}"]
+                    x, cache = _decoder_layer(c, self.backend, params, x, positions, cache, plan)
             new_caches.append(cache)
         with jax.named_scope("final_norm"):
             return self.norm(x), new_caches

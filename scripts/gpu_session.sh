@@ -3,7 +3,7 @@
 # one device-tool call each:   bash scripts/gpu_session.sh JOB [JOB ...]   (writes JSON/logs to $OUT)
 # Jobs: roofline b1 b1-sync offline256 offline512 sharegpt serve-cold serve-warm serve-rate4
 # Carried wheels are installed first. The GPU image lacks: litestar litestar-htmx multipart polyfactory faker
-# rich-click sniffio msgspec uvicorn gguf pyzmq (download them into .whl as the device README says; the
+# rich-click sniffio msgspec uvicorn gguf pyzmq llguidance jsonschema jsonschema-specifications referencing rpds-py (download them into .whl as the device README says; the
 # 2026-11-30 run lacked sniffio and every server job failed at import).
 set -u
 export PYTHONUNBUFFERED=1
@@ -13,7 +13,7 @@ OUT=${OUT:-/tmp/out}
 MODEL=benchmarks/configs/llama-3-8b
 DUMMY=(--model $MODEL --load-format dummy --dtype bfloat16)
 export TESSERA_COMPILATION_CACHE=/tmp/tessera-xla
-nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,noheader
+ulimit -n; nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,noheader
 python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 
 wait_ready() {  # wait_ready PORT LOG -> seconds until /health answers 200 (gives up if the server died)

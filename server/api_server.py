@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import resource
 import signal
 import socket
 import sys
@@ -103,6 +104,16 @@ class _Server(uvicorn.Server):
             scheme = "https" if self.config.ssl_keyfile else "http"
             base = f"{scheme}://{host}:{port}{self.config.root_path}"
             logger.info("Tessera API server ready on %s (OpenAI base_url %s/v1, docs at %s/docs)", base, base, base)
+
+
+def raise_open_file_limit() -> None:
+    """Lifts this process's soft limit on open files to its hard limit (children inherit it):
+    every HTTP connection holds a descriptor, and a common default of 1024 is below the streams
+    one server is asked to hold at once."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = max(soft, 65536) if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
