@@ -118,6 +118,8 @@ def main() -> None:
     configure_process()  # a benchmark is an engine start: settings before any device use
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
+    parser.add_argument("--load-format", default="auto", help="'dummy': random weights of the model's shape")
+    parser.add_argument("--dtype", default="auto")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--validity-max-tokens", type=int, default=384)
@@ -127,7 +129,7 @@ def main() -> None:
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-compile", action="store_true")
     args = parser.parse_args()
-    llm = LLM(args.model, max_num_seqs=max(args.batch, 64))
+    llm = LLM(args.model, max_num_seqs=max(args.batch, 64), load_format=args.load_format, dtype=args.dtype)
     if not args.skip_validity:
         for temperature in (0.0, 1.0):
             print(json.dumps(validity(llm, temperature, args.validity_max_tokens, args.num_cases)))

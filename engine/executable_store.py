@@ -9,7 +9,13 @@ every package that builds programs. A hit deserializes the executable (jax's
 ``serialize_executable``, the same bytes the persistent cache keeps) in milliseconds.
 
 An entry that cannot be read, or a program that cannot be serialized, is a miss: the program
-is compiled the usual way (through the persistent cache). The directory is the per-user
+is compiled the usual way (through the persistent cache).
+
+GPU only (``store_for``): on the CPU, an executable loaded in a process other than the one that
+compiled it failed at run time ("Function select_bitcast_fusion not found": XLA:CPU resolves a
+loaded program's kernels by name in its process), while in the compiling process it ran, so only
+a two-process check catches it. On an H200 loaded programs served 1000 ShareGPT-like requests and
+a 55,000-request soak (benchmarks/RESULTS.md). The CPU keeps JAX's persistent cache. The directory is the per-user
 compilation cache's, and loading an entry runs what it holds, exactly as the persistent cache
 does: it must not be shared with untrusted users.
 """
@@ -64,6 +70,16 @@ def abstract_signature(args: Any) -> tuple[str, tuple[Any, ...]]:
     leaves, tree = jax.tree.flatten(args)
     return str(tree), tuple((tuple(getattr(a, "shape", ())), str(getattr(a, "dtype", type(a).__name__)),
                              str(getattr(a, "sharding", None))) for a in leaves)
+
+
+STORE_PLATFORMS = ("gpu",)
+
+
+def store_for(directory: str | None) -> ExecutableStore | None:
+    """The store under ``directory`` on a platform where loaded executables are known to run."""
+    if not directory or jax.default_backend() not in STORE_PLATFORMS:
+        return None
+    return ExecutableStore(directory)
 
 
 class ExecutableStore:

@@ -25,7 +25,7 @@ from engine.config import EngineConfig
 from engine.constrained import ConstrainedRequests, grammar_finish
 from engine.data_parallel import DataParallelScheduler
 from engine.environment import configure_process
-from engine.executable_store import ExecutableStore
+from engine.executable_store import store_for
 from engine.model_runner import InFlightStep, ModelRunner, PromptLogprobs, StepOutput
 from engine.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
 from engine.request_errors import RequestValidationError
@@ -122,7 +122,7 @@ class LLMEngine:
             gpu_memory_utilization=config.gpu_memory_utilization,
             sharding=sharding, token_buckets=config.token_bucket_ladder, seq_buckets=config.seq_bucket_ladder,
             precompiled=config.precompile, token_masks=self.tokenizer is not None,
-            executable_store=ExecutableStore(config.compilation_cache_dir) if config.compilation_cache_dir else None,
+            executable_store=store_for(config.compilation_cache_dir),
         )
         logger.info(self.runner.kv_cache_summary())
         self.scheduler, self.block_manager = self._make_scheduler(sharding)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The H200 measurements of the step-pipeline, compile-once and engine-core issues (#10, #11, #12), as
 # one device-tool call each:   bash scripts/gpu_session.sh JOB [JOB ...]   (writes JSON/logs to $OUT)
-# Jobs: roofline b1 b1-sync offline256 offline512 sharegpt serve-cold serve-warm serve-rate4
+# Jobs: roofline b1 b1-sync offline256 offline512 sharegpt serve-cold serve-warm serve-rate4 structured8b soak8b
+# (the last two run an 8B body with SmolLM2's vocabulary and tokenizer: .gpu_tokenizer/ is the default model's
+# tokenizer saved as an HF directory, carried; grammars need a tokenizer and the 8B configs have none)
 # Carried wheels are installed first. The GPU image lacks: litestar litestar-htmx multipart polyfactory faker
 # rich-click sniffio msgspec uvicorn gguf pyzmq llguidance jsonschema jsonschema-specifications referencing rpds-py (download them into .whl as the device README says; the
 # 2026-11-30 run lacked sniffio and every server job failed at import).
@@ -13,7 +15,7 @@ OUT=${OUT:-/tmp/out}
 MODEL=benchmarks/configs/llama-3-8b
 DUMMY=(--model $MODEL --load-format dummy --dtype bfloat16)
 export TESSERA_COMPILATION_CACHE=/tmp/tessera-xla
-ulimit -n; nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,noheader
+ulimit -n; cat /proc/sys/net/core/somaxconn; nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,noheader
 python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 
 wait_ready() {  # wait_ready PORT LOG -> seconds until /health answers 200 (gives up if the server died)
@@ -36,7 +38,15 @@ serve_start() {  # serve_start NAME: starts the server, prints start-to-ready se
   kill -0 $SERVER 2>/dev/null || exit 1
 }
 
-serve_stop() { kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; grep -i -E "compil|late" "$OUT/server_$1.log" | tail -5; }
+serve_stop() { kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; grep -i -E "compil|late" "$OUT/server_$1.log" | tail -5
+  grep -E "^TcpExt" /proc/net/netstat | python3 -c "import sys; h, v = sys.stdin.read().split(chr(10))[:2]
+print({k: x for k, x in zip(h.split(), v.split()) if 'Listen' in k or 'Abort' in k})"; }
+
+smol_vocab_model() {  # an 8B body with SmolLM2's vocabulary, tokenizer and stop ids
+  mkdir -p /tmp/llama8b-smolvocab && cp .gpu_tokenizer/* /tmp/llama8b-smolvocab/
+  python3 -c "import json; c = json.load(open('$MODEL/config.json')); c.update(vocab_size=49152, bos_token_id=1, eos_token_id=2)
+json.dump(c, open('/tmp/llama8b-smolvocab/config.json', 'w'))"
+}
 
 for job in "$@"; do
   echo "=== $job $(date +%T)"
@@ -67,6 +77,12 @@ print(round(matmul_rate() / 1e12, 1), 'TFLOP/s bf16 8192^3')" ;;
       timeout 300 python3 -m benchmarks.serve --base-url http://127.0.0.1:8000 --num-prompts 200 --request-rate 4 \
         --random-input-len 256 --random-output-len 128 --warmup-passes 0 --result-json "$OUT/serve_rate4.json" | tail -14
       serve_stop "$job" ;;
+    structured8b) smol_vocab_model
+      timeout 400 python3 -m benchmarks.structured_decode --model /tmp/llama8b-smolvocab --load-format dummy \
+        --dtype bfloat16 --skip-validity --batch 64 --output-len 256 | tail -4 ;;
+    soak8b) smol_vocab_model  # max-num-seqs 64: the programs structured8b compiled
+      timeout 400 python3 -m benchmarks.soak --duration-s ${SOAK_S:-180} --concurrency 64 --model /tmp/llama8b-smolvocab \
+        --load-format dummy --dtype bfloat16 --max-num-seqs 64 ${SOAK_ARGS:-} | tail -1 ;;
     *) echo "unknown job $job" ;;
   esac
 done

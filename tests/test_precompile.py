@@ -12,7 +12,6 @@ import asyncio
 import functools
 import json
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -150,18 +149,12 @@ def test_llm_generate_compiles_nothing_and_a_second_start_loads_from_the_cache(t
     assert compilation_count() == lowered
     assert first.engine.stats().num_late_compilations == 0
 
-    compiled_before = xla_compile_count()
-    second = LLM(**settings)
-    assert xla_compile_count() == compiled_before
-    assert second.engine.runner.store.loaded == second.engine.compile_progress()[1]  # all loaded, none traced
-    assert _offline_workload(second)[0] == tokens[0]  # greedy: the same tokens from the loaded programs
-
-    shutil.rmtree(tmp_path / "jax" / "executables")  # without the store: JAX's persistent cache alone
+    assert first.engine.runner.store is None  # the executable store is GPU-only (engine/executable_store.py)
     compiled_before, hits_before = xla_compile_count(), cache_hit_count()
-    third = LLM(**settings)
-    assert xla_compile_count() == compiled_before
-    assert cache_hit_count() - hits_before >= third.engine.compile_progress()[1]
-    assert _offline_workload(third)[0] == tokens[0]
+    second = LLM(**settings)
+    assert xla_compile_count() == compiled_before  # every program came from the cache
+    assert cache_hit_count() - hits_before >= second.engine.compile_progress()[1]
+    assert _offline_workload(second)[0] == tokens[0]  # greedy: the same tokens from the loaded programs
 
 
 def test_a_bias_row_beyond_the_planned_width_is_refused(make_tiny_engine: Any) -> None:
