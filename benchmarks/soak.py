@@ -11,7 +11,8 @@ Then it waits for the engine to drain and checks:
 - every hostile body answered 400 in OpenAI's error shape;
 - 0 KV blocks in use and 0 requests running or waiting (from ``/metrics``);
 - ``/health`` 200 at the end, and its latency during the run (p99 against 100 ms);
-- RSS at the end within ``--rss-tolerance`` of RSS after the warm-up (the first ``--warmup-s``).
+- RSS of the server's process tree (API servers and engine core) at the end within ``--rss-tolerance``
+  of its RSS after the warm-up (the first ``--warmup-s``).
 
   python -m benchmarks.soak --duration-s 240 --concurrency 16                   # CPU, default model
   python -m benchmarks.soak --duration-s 1800 --concurrency 64 --model /models/Qwen2.5-7B-Instruct
@@ -174,13 +175,29 @@ class HealthProber:
                 tally.outcomes[f"/health answered {status}"] += 1
 
 
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (the engine core, more API servers)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                todo += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
 def _rss_mb(pid: int | None) -> float | None:
+    """Resident memory of the server's whole process tree, MB."""
     if pid is None:
         return None
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return None
+    total = 0
+    for member in _process_tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
 
 
 def _metric(text: str, name: str) -> float:
