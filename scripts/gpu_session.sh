@@ -3,7 +3,11 @@
 # one device-tool call each:   bash scripts/gpu_session.sh JOB [JOB ...]   (writes JSON/logs to $OUT)
 # Jobs: roofline b1 b1-sync offline256 offline512 sharegpt serve-cold serve-warm serve-rate4 structured8b soak8b
 # (the last two run an 8B body with SmolLM2's vocabulary and tokenizer: .gpu_tokenizer/ is the default model's
-# tokenizer saved as an HF directory, carried; grammars need a tokenizer and the 8B configs have none)
+# tokenizer saved as an HF directory, carried; grammars need a tokenizer and the 8B configs have none). To make it:
+#   python -c "import json; from models.loaders.load import default_model_path; from engine.tokenizer import load_tokenizer
+#   t = load_tokenizer(default_model_path()); t.hf.save_pretrained('.gpu_tokenizer')
+#   json.dump({'eos_token_id': sorted(t.eos_token_ids), 'bos_token_id': t.bos_token_id},
+#             open('.gpu_tokenizer/generation_config.json', 'w'))"        (and add /.gpu_tokenizer/ to .git/info/exclude)
 # Carried wheels are installed first. The GPU image lacks: litestar litestar-htmx multipart polyfactory faker
 # rich-click sniffio msgspec uvicorn gguf pyzmq llguidance jsonschema jsonschema-specifications referencing rpds-py (download them into .whl as the device README says; the
 # 2026-11-30 run lacked sniffio and every server job failed at import).
