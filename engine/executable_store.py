@@ -9,15 +9,15 @@ every package that builds programs. A hit deserializes the executable (jax's
 ``serialize_executable``, the same bytes the persistent cache keeps) in milliseconds.
 
 An entry that cannot be read, or a program that cannot be serialized, is a miss: the program
-is compiled the usual way (through the persistent cache).
+is compiled the usual way (through the persistent cache). The directory is the per-user
+compilation cache's, and loading an entry runs what it holds, exactly as the persistent cache
+does: it must not be shared with untrusted users.
 
 GPU only (``store_for``): on the CPU, an executable loaded in a process other than the one that
 compiled it failed at run time ("Function select_bitcast_fusion not found": XLA:CPU resolves a
 loaded program's kernels by name in its process), while in the compiling process it ran, so only
-a two-process check catches it. On an H200 loaded programs served 1000 ShareGPT-like requests and
-a 55,000-request soak (benchmarks/RESULTS.md). The CPU keeps JAX's persistent cache. The directory is the per-user
-compilation cache's, and loading an entry runs what it holds, exactly as the persistent cache
-does: it must not be shared with untrusted users.
+a two-process check catches it. On an H200 loaded programs served 1000 ShareGPT-like requests
+and a 55,000-request soak (benchmarks/RESULTS.md). The CPU keeps JAX's persistent cache.
 """
 
 from __future__ import annotations

@@ -313,14 +313,14 @@ class ModelRunner:
         fingerprint (program, model, arguments, parameters' layout) was saved before."""
         if self.store is None:
             return compile_program()
-        model = (repr(self.model), self.sharding.describe() if self.sharding else None,
-                 repr(getattr(self.sharding, "rules", None)), self.plan)
-        fingerprint = self.store.fingerprint(name, model, self._params_signature, abstract_signature(args))
+        fingerprint = self.store.fingerprint(name, self._store_context, abstract_signature(args))
         return self.store.load_or_compile(fingerprint, compile_program)
 
     @functools.cached_property
-    def _params_signature(self) -> Any:
-        return abstract_signature(self.params)
+    def _store_context(self) -> tuple[Any, ...]:
+        """What every program of this runner shares: the model, the mesh and rules, the plan, the weights' layout."""
+        return (repr(self.model), self.sharding.describe() if self.sharding else None,
+                repr(getattr(self.sharding, "rules", None)), self.plan, abstract_signature(self.params))
 
     # ---- host-side batch preparation -------------------------------------------------------
     def _dummy_inputs(self, tokens: int, seqs: int, width: int) -> StepInput:
